@@ -1,0 +1,443 @@
+"""The Store: every read and write of the Promethios database goes through it.
+
+Synchronous SQLAlchemy over SQLite (embedded default) or PostgreSQL
+(``DATABASE_URL``). Callers receive the frozen records of ``records.py``, never
+ORM objects. The schema is created and upgraded by Alembic (:meth:`Store.migrate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Table, case, func, select, update
+from sqlalchemy.engine import CursorResult, Engine, Result
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Insert
+from typing_extensions import Self
+
+from serve_app.store.engine import build_engine, upgrade_to_head
+from serve_app.store.models import Agent, ApiKey, Deployment, Interaction, User
+from serve_app.store.records import (
+    AgentNotFoundError,
+    AgentRecord,
+    AgentStats,
+    DeploymentRecord,
+    InteractionRecord,
+    as_utc,
+    utcnow,
+)
+
+API_KEY_PREFIX = "pn_"
+API_KEY_RE = re.compile(r"pn_[A-Za-z0-9_-]{40}")
+MAX_USER_ID_LEN = 128
+_WRITE_ATTEMPTS = 3
+
+T = TypeVar("T")
+USERS_TABLE = cast(Table, User.__table__)
+INTERACTIONS_TABLE = cast(Table, Interaction.__table__)
+
+
+def hash_api_key(key: str) -> str:
+    """Return the sha256 hex digest under which an API key is stored."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def production_url(production_agent_id: str) -> str:
+    """Return the production chat route of a deployed agent."""
+    return f"/api/v1/agents/{production_agent_id}/chat"
+
+
+def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
+    """Return a JSON round-trip copy (what a read returns); TypeError if not serialisable."""
+    return json.loads(json.dumps(value))
+
+
+def _check_user_id(user_id: str) -> None:
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_LEN:
+        raise ValueError(f"user_id must be a non-empty string of at most {MAX_USER_ID_LEN} chars")
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE (its result is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _agent_record(row: Agent) -> AgentRecord:
+    return AgentRecord(
+        agent_id=row.agent_id,
+        user_id=row.user_id,
+        name=row.name,
+        description=row.description,
+        config=dict(row.config),
+        created_at=row.created_at,
+    )
+
+
+def _deployment_record(row: Deployment) -> DeploymentRecord:
+    return DeploymentRecord(
+        deployment_id=row.deployment_id,
+        agent_id=row.agent_id,
+        user_id=row.user_id,
+        production_agent_id=row.production_agent_id,
+        deployment_url=row.deployment_url,
+        status=row.status,
+        config=dict(row.config),
+        deployed_at=row.deployed_at,
+        retired_at=row.retired_at,
+    )
+
+
+class Store:
+    """Users and API keys, agents, deployments and interactions, in one SQL database."""
+
+    def __init__(self, database_url: str, *, create_dirs: bool = True) -> None:
+        """Build the engine (no connection is opened yet).
+
+        ``create_dirs`` creates the parent directory of a SQLite file. Raises
+        ``ValueError`` for a backend other than SQLite or PostgreSQL.
+        """
+        self.database_url = database_url
+        self._engine, self._sqlite_path = build_engine(database_url, create_dirs)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._migrate_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for tests and operations tooling)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest migration; a no-op when already there.
+
+        Concurrent first calls are serialised: by a PostgreSQL advisory lock, or
+        by a lock file beside a SQLite database. Raises on a migration failure
+        (the failing migration's transaction is rolled back where the backend
+        supports transactional DDL).
+        """
+        with self._migrate_lock:
+            upgrade_to_head(self._engine, self._sqlite_path)
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises ``SQLAlchemyError`` when the database is unreachable."""
+        with self._engine.connect() as conn:
+            conn.execute(select(1))
+
+    def close(self) -> None:
+        """Close every pooled connection; the Store may not be used afterwards."""
+        self._engine.dispose()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _insert_ignore(self, table: Table, conflict_columns: list[str]) -> Insert:
+        """Return ``INSERT ... ON CONFLICT (cols) DO NOTHING`` for this dialect."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+
+    def _ensure_user(self, session: Session, user_id: str) -> None:
+        _check_user_id(user_id)
+        stmt = self._insert_ignore(USERS_TABLE, ["id"]).values(id=user_id, created_at=utcnow())
+        session.execute(stmt)
+
+    def _retrying(self, write: Callable[[Session], T]) -> T:
+        """Run ``write`` in a transaction, retrying on IntegrityError (id collisions, races)."""
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                with self._sessions.begin() as session:
+                    return write(session)
+            except IntegrityError:
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- users and API keys ---------------------------------------------------
+
+    def ensure_user(self, user_id: str) -> None:
+        """Create the user unless it exists. Raises ``ValueError`` for a bad user_id."""
+        with self._sessions.begin() as session:
+            self._ensure_user(session, user_id)
+
+    def create_api_key(self, user_id: str) -> str:
+        """Create the user if needed and return a new plaintext key ``pn_`` + 40 chars.
+
+        Only the key's sha256 is stored; the plaintext cannot be recovered later.
+        Raises ``ValueError`` for a bad user_id.
+        """
+
+        def write(session: Session) -> str:
+            self._ensure_user(session, user_id)
+            key = API_KEY_PREFIX + secrets.token_urlsafe(30)
+            session.add(
+                ApiKey(
+                    user_id=user_id,
+                    key_hash=hash_api_key(key),
+                    prefix=key[:8],
+                    created_at=utcnow(),
+                )
+            )
+            return key
+
+        return self._retrying(write)
+
+    def user_for_api_key(self, key: str) -> str | None:
+        """Return the user owning ``key``; None for a malformed, unknown or revoked key."""
+        if not isinstance(key, str) or not API_KEY_RE.fullmatch(key):
+            return None
+        stmt = select(ApiKey.user_id).where(
+            ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+        )
+        with self._sessions() as session:
+            return session.execute(stmt).scalar_one_or_none()
+
+    def revoke_api_key(self, key: str) -> bool:
+        """Revoke ``key``; return False when it was malformed, unknown or already revoked."""
+        if not isinstance(key, str) or not API_KEY_RE.fullmatch(key):
+            return False
+        stmt = (
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        with self._sessions.begin() as session:
+            return bool(_rowcount(session.execute(stmt)))
+
+    # -- agents ---------------------------------------------------------------
+
+    def create_agent(
+        self, user_id: str, name: str, description: str | None, config: dict[str, Any]
+    ) -> AgentRecord:
+        """Create an agent ``native-<8 hex>`` owned by ``user_id`` (created if needed).
+
+        ``config`` must be JSON-serialisable (``TypeError`` otherwise); a bad
+        user_id raises ``ValueError``.
+        """
+
+        def write(session: Session) -> AgentRecord:
+            self._ensure_user(session, user_id)
+            row = Agent(
+                agent_id="native-" + secrets.token_hex(4),
+                user_id=user_id,
+                name=name,
+                description=description,
+                config=_json_copy(config),
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            return _agent_record(row)
+
+        return self._retrying(write)
+
+    def get_agent(self, agent_id: str, user_id: str) -> AgentRecord | None:
+        """Return the agent; None when missing, deleted, or owned by another user."""
+        stmt = select(Agent).where(
+            Agent.agent_id == agent_id, Agent.user_id == user_id, Agent.deleted_at.is_(None)
+        )
+        with self._sessions() as session:
+            row = session.execute(stmt).scalar_one_or_none()
+            return _agent_record(row) if row is not None else None
+
+    def list_agents(self, user_id: str) -> list[AgentRecord]:
+        """Return the user's live agents, oldest first."""
+        stmt = (
+            select(Agent)
+            .where(Agent.user_id == user_id, Agent.deleted_at.is_(None))
+            .order_by(Agent.created_at, Agent.agent_id)
+        )
+        with self._sessions() as session:
+            return [_agent_record(row) for row in session.execute(stmt).scalars()]
+
+    def delete_agent(self, agent_id: str, user_id: str) -> bool:
+        """Soft-delete the agent and retire its deployment; False when not found/owned."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            deleted = _rowcount(
+                session.execute(
+                    update(Agent)
+                    .where(
+                        Agent.agent_id == agent_id,
+                        Agent.user_id == user_id,
+                        Agent.deleted_at.is_(None),
+                    )
+                    .values(deleted_at=now)
+                )
+            )
+            if deleted:
+                session.execute(
+                    update(Deployment)
+                    .where(Deployment.agent_id == agent_id, Deployment.retired_at.is_(None))
+                    .values(retired_at=now, status="retired")
+                )
+            return bool(deleted)
+
+    # -- deployments ----------------------------------------------------------
+
+    def create_deployment(
+        self, agent_id: str, user_id: str, config: dict[str, Any]
+    ) -> DeploymentRecord:
+        """Deploy the agent to ``prod-<agent_id>`` and return the new deployment.
+
+        A redeploy retires the active deployment first and keeps the same
+        production_agent_id. Raises ``AgentNotFoundError`` when the agent is
+        missing, deleted, or owned by another user.
+        """
+
+        def write(session: Session) -> DeploymentRecord:
+            # FOR UPDATE on the agent row serialises deploys of one agent on
+            # PostgreSQL; SQLite serialises writers itself. The partial unique
+            # index on active production ids backs both.
+            owned = session.execute(
+                select(Agent.agent_id)
+                .where(
+                    Agent.agent_id == agent_id,
+                    Agent.user_id == user_id,
+                    Agent.deleted_at.is_(None),
+                )
+                .with_for_update()
+            ).first()
+            if owned is None:
+                raise AgentNotFoundError(agent_id)
+            now = utcnow()
+            session.execute(
+                update(Deployment)
+                .where(Deployment.agent_id == agent_id, Deployment.retired_at.is_(None))
+                .values(retired_at=now, status="retired")
+            )
+            production_agent_id = "prod-" + agent_id
+            row = Deployment(
+                deployment_id="deploy-" + secrets.token_hex(4),
+                agent_id=agent_id,
+                user_id=user_id,
+                production_agent_id=production_agent_id,
+                deployment_url=production_url(production_agent_id),
+                status="deployed",
+                config=_json_copy(config),
+                deployed_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return _deployment_record(row)
+
+        return self._retrying(write)
+
+    def get_active_deployment(self, production_agent_id: str) -> DeploymentRecord | None:
+        """Return the deployment serving ``production_agent_id``; None when none is active."""
+        stmt = select(Deployment).where(
+            Deployment.production_agent_id == production_agent_id,
+            Deployment.retired_at.is_(None),
+        )
+        with self._sessions() as session:
+            row = session.execute(stmt).scalar_one_or_none()
+            return _deployment_record(row) if row is not None else None
+
+    def get_active_deployment_for_agent(self, agent_id: str) -> DeploymentRecord | None:
+        """Return the agent's active deployment; None when it is not deployed."""
+        return self.get_active_deployment("prod-" + agent_id)
+
+    # -- interactions ---------------------------------------------------------
+
+    def insert_interactions(self, records: list[InteractionRecord]) -> int:
+        """Insert the records in one transaction; return how many rows were new.
+
+        Idempotent by message_id: a record whose message_id is already stored
+        (or repeated within the batch) is skipped, on SQLite and PostgreSQL alike.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            if rec.message_id in rows:
+                continue
+            row = rec.to_dict()
+            row["created_at"] = rec.created_at
+            row["policy_violations"] = list(rec.policy_violations)
+            row["violation_count"] = rec.violation_count
+            rows[rec.message_id] = row
+        if not rows:
+            return 0
+        table = INTERACTIONS_TABLE
+        stmt = self._insert_ignore(table, ["message_id"]).returning(table.c.message_id)
+        with self._engine.begin() as conn:
+            return len(conn.execute(stmt, list(rows.values())).all())
+
+    def count_interactions(self, agent_id: str) -> int:
+        """Return the number of stored interactions of the agent."""
+        stmt = select(func.count()).select_from(Interaction).where(Interaction.agent_id == agent_id)
+        with self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def agent_stats(self, agent_id: str, since: datetime | None = None) -> AgentStats:
+        """Return aggregates over the agent's interactions, computed in one SQL query.
+
+        With ``since``, only rows created at or after it count (for every field,
+        ``interactions_last_hour`` included; the hour is measured from now).
+        """
+        i = Interaction
+        hour_ago = utcnow() - timedelta(hours=1)
+
+        def count_where(condition: Any) -> Any:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        stmt = select(
+            func.count(i.id),
+            count_where(i.status == "ok"),
+            count_where(i.status == "blocked"),
+            count_where(i.status == "error"),
+            func.avg(i.trust_score),
+            func.avg(i.compliance_rate),
+            func.avg(i.constitutional_adherence),
+            func.coalesce(func.sum(i.violation_count), 0),
+            count_where(i.violation_count > 0),
+            func.coalesce(func.sum(i.governance_interventions), 0),
+            func.avg(i.response_time_ms),
+            count_where(i.created_at >= hour_ago),
+            func.min(i.created_at),
+            func.max(i.created_at),
+        ).where(i.agent_id == agent_id)
+        if since is not None:
+            stmt = stmt.where(i.created_at >= as_utc(since))
+        with self._engine.connect() as conn:
+            r = conn.execute(stmt).one()
+
+        def mean(value: Any) -> float | None:
+            return None if value is None else float(value)
+
+        return AgentStats(
+            total=int(r[0]),
+            ok_count=int(r[1]),
+            blocked_count=int(r[2]),
+            error_count=int(r[3]),
+            mean_trust_score=mean(r[4]),
+            mean_compliance_rate=mean(r[5]),
+            mean_constitutional_adherence=mean(r[6]),
+            violation_count=int(r[7]),
+            interactions_with_violations=int(r[8]),
+            governance_interventions=int(r[9]),
+            mean_response_time_ms=mean(r[10]),
+            interactions_last_hour=int(r[11]),
+            first_at=r[12],
+            last_at=r[13],
+        )
