@@ -1,0 +1,37 @@
+"""The ingress: the only deployment with an HTTP route (FastAPI through @serve.ingress)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+
+from serve_app.api.deps import AppInfo, Services, install_services
+from serve_app.api.http import create_api
+from serve_app.backends import RayBackends
+from serve_app.governance.policy import DEFAULT_POLICY_FILE, PolicySet
+from serve_app.settings import get_settings
+from serve_app.store import Store
+
+api = create_api(get_settings().max_body_bytes)
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(api)
+class Ingress:
+    """Serves the HTTP API; holds handles to the LLM, the scorer and the metrics writer."""
+
+    def __init__(self, llm: Any, scorer: Any, writer: Any, options: dict[str, Any]) -> None:
+        settings = get_settings()
+        logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
+        store = Store(options["database_url"])
+        install_services(
+            Services(
+                store=store,
+                backends=RayBackends(llm, scorer, writer, timeout_s=settings.request_timeout_s),
+                settings=settings,
+                policies=PolicySet.load(options.get("policy_file") or DEFAULT_POLICY_FILE),
+                info=AppInfo(**options["info"]),
+            )
+        )

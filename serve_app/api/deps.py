@@ -1,0 +1,89 @@
+"""Dependencies as Annotated aliases: the services the routes use and the current user."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from serve_app.backends import Backends
+from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
+from serve_app.governance.policy import PolicySet
+from serve_app.settings import Settings
+from serve_app.store import Store
+
+
+@dataclass
+class AppInfo:
+    """Facts about what is served, computed at start-up from the model and corpus."""
+
+    model_name: str
+    model_version: str
+    base_model: str
+    dataset_count: int
+    dataset_version: str
+    llm_max_replicas: int = 1
+
+
+@dataclass
+class Services:
+    store: Store
+    backends: Backends
+    settings: Settings
+    policies: PolicySet
+    info: AppInfo
+    _key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    async def user_for_key(self, key: str) -> str | None:
+        """The user a key belongs to (cached for 10 s to keep the DB off the hot path)."""
+        hit = self._key_cache.get(key)
+        now = time.monotonic()
+        if hit and now - hit[1] < 10.0:
+            return hit[0]
+        user = await asyncio.to_thread(self.store.user_for_api_key, key)
+        if user is not None:
+            self._key_cache[key] = (user, now)
+        return user
+
+
+_services: Services | None = None
+
+
+def install_services(services: Services) -> None:
+    """Called once per ingress replica (or test app) before it serves requests."""
+    global _services
+    _services = services
+
+
+def get_services() -> Services:
+    if _services is None:
+        raise ServiceUnavailable("the service is starting")
+    return _services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_current_user(request: Request, services: ServicesDep) -> str:
+    """The user of the Bearer key; 401 when it is missing or unknown."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <api key>'")
+    user = await services.user_for_key(key.strip())
+    if user is None:
+        raise Unauthorized("invalid API key")
+    request.state.user_id = user
+    return user
+
+
+CurrentUser = Annotated[str, Depends(get_current_user)]
+
+
+def require_same_user(claimed: Any, user: str) -> None:
+    """A user_id in a body or query must be the key's user (403 otherwise)."""
+    if claimed is not None and claimed != user:
+        raise Forbidden("user_id does not match the API key's user")

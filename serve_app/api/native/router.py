@@ -1,0 +1,79 @@
+"""HTTP routes of the seed's API: parse, call the service, wrap in the envelope."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from serve_app.api.deps import CurrentUser, ServicesDep, require_same_user
+from serve_app.api.native.protocol import ChatRequest, CreateAgentRequest, DeployRequest
+from serve_app.api.native.service import NativeLLMService
+from serve_app.errors import success_envelope
+
+router = APIRouter()
+UserIdQuery = Annotated[str | None, Query()]
+
+
+def _service(services: ServicesDep) -> NativeLLMService:
+    svc = getattr(services, "_native", None)
+    if svc is None:
+        svc = NativeLLMService(services)
+        services._native = svc  # type: ignore[attr-defined]
+    return svc
+
+
+@router.get("/native-llm/model/info")
+async def model_info(user: CurrentUser, services: ServicesDep) -> dict:
+    return success_envelope(await _service(services).model_info())
+
+
+@router.post("/native-llm/agent/create")
+async def create_agent(body: CreateAgentRequest, user: CurrentUser, services: ServicesDep) -> dict:
+    require_same_user(body.user_id, user)
+    return success_envelope(await _service(services).create_agent(user, body.config))
+
+
+@router.post("/native-llm/agent/{agent_id}/chat")
+async def chat(agent_id: str, body: ChatRequest, user: CurrentUser, services: ServicesDep) -> dict:
+    require_same_user(body.user_id, user)
+    svc = _service(services)
+    agent = await svc.get_agent(agent_id, user)
+    return success_envelope(await svc.chat(agent, body))
+
+
+@router.get("/native-llm/agent/{agent_id}/scorecard")
+async def scorecard(
+    agent_id: str, user: CurrentUser, services: ServicesDep, user_id: UserIdQuery = None
+) -> dict:
+    require_same_user(user_id, user)
+    svc = _service(services)
+    return success_envelope(await svc.scorecard(await svc.get_agent(agent_id, user)))
+
+
+@router.post("/native-llm/agent/{agent_id}/deploy")
+async def deploy(
+    agent_id: str, user: CurrentUser, services: ServicesDep, body: DeployRequest | None = None
+) -> dict:
+    require_same_user(body.user_id if body else None, user)
+    svc = _service(services)
+    return success_envelope(await svc.deploy(await svc.get_agent(agent_id, user)))
+
+
+@router.get("/native-llm/agent/{agent_id}/metrics")
+async def metrics(
+    agent_id: str, user: CurrentUser, services: ServicesDep, user_id: UserIdQuery = None
+) -> dict:
+    require_same_user(user_id, user)
+    svc = _service(services)
+    return success_envelope(await svc.metrics(await svc.get_agent(agent_id, user)))
+
+
+@router.post("/api/v1/agents/{production_agent_id}/chat")
+async def production_chat(
+    production_agent_id: str, body: ChatRequest, user: CurrentUser, services: ServicesDep
+) -> dict:
+    require_same_user(body.user_id, user)
+    svc = _service(services)
+    agent, deployment = await svc.production_target(production_agent_id, user)
+    return success_envelope(await svc.chat(agent, body, deployment))

@@ -1,0 +1,266 @@
+"""The seed's /native-llm operations: agents, chat, scorecard, deploy, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from serve_app.api.deps import Services
+from serve_app.api.native.protocol import AgentConfig, ChatRequest
+from serve_app.errors import BadRequest, NotFound, PayloadTooLarge
+from serve_app.governed_chat import ChatResult, GovernedChat
+from serve_app.store.records import AgentRecord, AgentStats, DeploymentRecord
+
+RECENT_WINDOW = timedelta(minutes=15)
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def pct(x: float | None) -> float | None:
+    return None if x is None else round(100.0 * x, 2)
+
+
+def share(part: int, total: int) -> float | None:
+    return None if total == 0 else round(100.0 * part / total, 2)
+
+
+class NativeLLMService:
+    """Serves POST /native-llm/agent/create, POST .../chat, GET .../scorecard,
+    POST .../deploy, GET .../metrics, GET /native-llm/model/info and the production chat."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.chat_runner = GovernedChat(services.backends, services.policies)
+
+    async def model_info(self) -> dict[str, Any]:
+        info = self.s.info
+        try:
+            engine = await self.s.backends.model_info()
+            status = "ready"
+        except Exception:
+            engine, status = {}, "unavailable"
+        return {
+            "model_name": info.model_name,
+            "model_version": info.model_version,
+            "base_model": info.base_model,
+            "dataset_count": info.dataset_count,
+            "dataset_version": info.dataset_version,
+            "governance_native": True,
+            "capabilities": [
+                "text_generation",
+                "conversation",
+                "governance_compliance",
+                "policy_adherence",
+                "trust_scoring",
+            ],
+            "architecture": engine.get("architecture"),
+            "max_model_len": engine.get("max_model_len"),
+            "policy_version": self.s.policies.version,
+            "status": status,
+        }
+
+    async def _max_model_len(self) -> int:
+        return int((await self.s.backends.model_info())["max_model_len"])
+
+    async def create_agent(self, user: str, config: AgentConfig) -> dict[str, Any]:
+        limit = await self._max_model_len()
+        if config.max_tokens >= limit:
+            raise BadRequest(
+                f"config.max_tokens must be below the model's context window ({limit})"
+            )
+        agent = await asyncio.to_thread(
+            self.s.store.create_agent, user, config.name, config.description, config.model_dump()
+        )
+        return {
+            "agent_id": agent.agent_id,
+            "user_id": agent.user_id,
+            "model_type": "native_llm",
+            "created_at": iso(agent.created_at),
+            "config": {
+                **agent.config,
+                "governance_level": "native",
+                "dataset_version": self.s.info.dataset_version,
+                "policy_version": self.s.policies.version,
+            },
+            "governance": self._governance_flags(),
+            "status": "created",
+        }
+
+    def _governance_flags(self) -> dict[str, bool]:
+        return {
+            "native_governance": True,
+            "bypass_proof": True,
+            "constitutional_compliance": True,
+            "real_time_monitoring": True,
+        }
+
+    async def get_agent(self, agent_id: str, user: str) -> AgentRecord:
+        agent = await asyncio.to_thread(self.s.store.get_agent, agent_id, user)
+        if agent is None:
+            raise NotFound(f"agent {agent_id!r} not found")
+        return agent
+
+    async def chat(
+        self, agent: AgentRecord, body: ChatRequest, deployment: DeploymentRecord | None = None
+    ) -> dict[str, Any]:
+        if len(body.message) > self.s.settings.max_message_chars:
+            raise PayloadTooLarge(
+                f"message is {len(body.message)} characters; the limit is "
+                f"{self.s.settings.max_message_chars}"
+            )
+        max_tokens = body.max_tokens or int(agent.config.get("max_tokens", 128))
+        limit = await self._max_model_len()
+        if max_tokens >= limit:
+            raise BadRequest(f"max_tokens must be below the model's context window ({limit})")
+        temperature = (
+            body.temperature
+            if body.temperature is not None
+            else agent.config.get("temperature", 0.7)
+        )
+        result = await self.chat_runner.run(
+            agent,
+            body.message,
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            channel="production" if deployment else "agent",
+            deployment_id=deployment.deployment_id if deployment else None,
+        )
+        return self._chat_payload(agent, result, deployment)
+
+    def _chat_payload(
+        self, agent: AgentRecord, r: ChatResult, deployment: DeploymentRecord | None
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "agent_id": agent.agent_id,
+            "message_id": r.message_id,
+            "timestamp": iso(r.timestamp),
+            "input": r.input,
+            "response": r.response,
+            "governance_metrics": {
+                "trust_score": r.scores.trust_score,
+                "compliance_rate": r.scores.compliance_rate,
+                "policy_violations": r.scores.policy_violations,
+                "constitutional_adherence": r.scores.constitutional_adherence,
+                "response_time_ms": r.response_time_ms,
+                "governance_interventions": r.scores.governance_interventions,
+                "action": r.action,
+            },
+            "model_info": {
+                "model": self.s.info.model_name,
+                "version": self.s.info.model_version,
+                "governance": "native",
+                "dataset_version": self.s.info.dataset_version,
+            },
+            "usage": {
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens,
+            },
+        }
+        if deployment is not None:
+            data["production_agent_id"] = deployment.production_agent_id
+            data["deployment_id"] = deployment.deployment_id
+        return data
+
+    async def _stats(self, agent_id: str, since: datetime | None = None) -> AgentStats:
+        await self.s.backends.flush()
+        return await asyncio.to_thread(self.s.store.agent_stats, agent_id, since)
+
+    async def scorecard(self, agent: AgentRecord) -> dict[str, Any]:
+        st = await self._stats(agent.agent_id)
+        answered = st.ok_count + st.blocked_count
+        return {
+            "agent_id": agent.agent_id,
+            "generated_at": iso(datetime.now(timezone.utc)),
+            "model_info": {
+                "model_name": self.s.info.model_name,
+                "dataset_count": self.s.info.dataset_count,
+            },
+            "governance_scorecard": {
+                "overall_trust_score": pct(st.mean_trust_score),
+                "constitutional_compliance": pct(st.mean_constitutional_adherence),
+                "policy_adherence": pct(st.mean_compliance_rate),
+                "governance_interventions": st.governance_interventions,
+                "violation_count": st.violation_count,
+                "uptime_percentage": share(answered, st.total),
+            },
+            "performance_metrics": {
+                "average_response_time": _round(st.mean_response_time_ms),
+                "total_interactions": st.total,
+                "success_rate": share(answered, st.total),
+                "error_rate": share(st.error_count, st.total),
+                "throughput": st.interactions_last_hour,
+            },
+            "native_advantages": {
+                "bypass_proof_governance": True,
+                "zero_policy_violations": st.violation_count == 0,
+                "constitutional_by_design": True,
+                "dataset_optimized": self.s.info.dataset_count > 0,
+                "lambda_7b_performance": "7b" in self.s.info.base_model.lower(),
+            },
+        }
+
+    async def metrics(self, agent: AgentRecord) -> dict[str, Any]:
+        st = await self._stats(agent.agent_id)
+        recent = await asyncio.to_thread(
+            self.s.store.agent_stats, agent.agent_id, datetime.now(timezone.utc) - RECENT_WINDOW
+        )
+        answered = st.ok_count + st.blocked_count
+        return {
+            "agent_id": agent.agent_id,
+            "real_time_metrics": {
+                "trust_score": _round(st.mean_trust_score, 4),
+                "compliance_rate": _round(st.mean_compliance_rate, 4),
+                "average_response_time": _round(st.mean_response_time_ms),
+                "total_interactions": st.total,
+                "violation_count": st.violation_count,
+                "uptime_percentage": share(answered, st.total),
+                "last_updated": iso(st.last_at),
+            },
+            "recent_window": {
+                "window_seconds": int(RECENT_WINDOW.total_seconds()),
+                "trust_score": _round(recent.mean_trust_score, 4),
+                "compliance_rate": _round(recent.mean_compliance_rate, 4),
+                "average_response_time": _round(recent.mean_response_time_ms),
+                "interactions": recent.total,
+                "violation_count": recent.violation_count,
+            },
+            "governance_status": self._governance_flags(),
+        }
+
+    async def deploy(self, agent: AgentRecord) -> dict[str, Any]:
+        dep = await asyncio.to_thread(
+            self.s.store.create_deployment, agent.agent_id, agent.user_id, dict(agent.config)
+        )
+        return {
+            "deployment_id": dep.deployment_id,
+            "production_agent_id": dep.production_agent_id,
+            "deployment_url": dep.deployment_url,
+            "status": dep.status,
+            "deployed_at": iso(dep.deployed_at),
+            "features": {
+                "load_balancing": self.s.info.llm_max_replicas > 1,
+                "rate_limiting": False,
+                "monitoring": True,
+                "sla_guarantees": False,
+            },
+        }
+
+    async def production_target(self, production_agent_id: str, user: str):
+        dep = await asyncio.to_thread(self.s.store.get_active_deployment, production_agent_id)
+        if dep is None or dep.user_id != user:
+            raise NotFound(f"production agent {production_agent_id!r} not found")
+        agent = await self.get_agent(dep.agent_id, user)
+        return dataclasses.replace(agent, config=dict(dep.config)), dep
+
+
+def _round(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)

@@ -1,0 +1,136 @@
+"""The parts the HTTP API calls: the scorer, the model, the writer.
+
+`RayBackends` reaches them through Serve deployment handles; `LocalBackends`
+calls plain Python objects in-process (for tests and tools that run without Ray).
+Both time-bound every call and translate failures into the API's error types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from serve_app.engine.adapter import EngineAdapter, Generation, PromptTooLong, SamplingRequest
+from serve_app.errors import (
+    AuditUnavailable,
+    BadRequest,
+    GatewayTimeout,
+    ModelUnavailable,
+    ScorerUnavailable,
+)
+from serve_app.governance.scorer import GovernanceScorer, Verdict
+from serve_app.recording import InteractionRecorder
+from serve_app.store.records import InteractionRecord
+
+
+class Backends(Protocol):
+    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict: ...
+    async def generate(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> Generation: ...
+    async def record(self, records: list[InteractionRecord]) -> None: ...
+    async def flush(self) -> None: ...
+    async def model_info(self) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, str]: ...
+
+
+async def _bounded(coro: Any, timeout_s: float, what: str, unavailable: type[Exception]) -> Any:
+    try:
+        return await asyncio.wait_for(coro, timeout=timeout_s)
+    except asyncio.TimeoutError as exc:
+        raise GatewayTimeout(f"{what} did not answer within {timeout_s:.0f} s") from exc
+    except PromptTooLong as exc:
+        raise BadRequest(str(exc)) from exc
+    except (BadRequest, GatewayTimeout):
+        raise
+    except Exception as exc:
+        raise unavailable(f"{what} unavailable: {type(exc).__name__}") from exc
+
+
+class RayBackends:
+    """Deployment handles to the LLM, scorer and writer deployments."""
+
+    def __init__(self, llm: Any, scorer: Any, writer: Any, timeout_s: float = 60.0) -> None:
+        self.llm, self.scorer, self.writer = llm, scorer, writer
+        self.timeout_s = timeout_s
+        self._model_info: dict[str, Any] | None = None
+
+    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict:
+        call = self.scorer.evaluate.remote(text, direction, mode, threshold)
+        return await _bounded(call, self.timeout_s, "governance scorer", ScorerUnavailable)
+
+    async def generate(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> Generation:
+        call = self.llm.generate.remote(messages, sampling, request_id)
+        return await _bounded(call, self.timeout_s, "model", ModelUnavailable)
+
+    async def record(self, records: list[InteractionRecord]) -> None:
+        await _bounded(
+            self.writer.record.remote(records), self.timeout_s, "metrics writer", AuditUnavailable
+        )
+
+    async def flush(self) -> None:
+        await _bounded(
+            self.writer.flush.remote(), self.timeout_s, "metrics writer", AuditUnavailable
+        )
+
+    async def model_info(self) -> dict[str, Any]:
+        if self._model_info is None:
+            self._model_info = await _bounded(
+                self.llm.model_info.remote(), self.timeout_s, "model", ModelUnavailable
+            )
+        return self._model_info
+
+    async def health(self) -> dict[str, str]:
+        checks = {
+            "model": self.llm.model_info.remote(),
+            "governance": self.scorer.policy_set.remote(),
+            "metrics_writer": self.writer.stats.remote(),
+        }
+        out: dict[str, str] = {}
+        for name, call in checks.items():
+            try:
+                await asyncio.wait_for(call, timeout=5.0)
+                out[name] = "ok"
+            except Exception as exc:
+                out[name] = f"unavailable: {type(exc).__name__}"
+        return out
+
+
+class LocalBackends:
+    """The same parts as plain objects in this process."""
+
+    def __init__(
+        self, engine: EngineAdapter, scorer: GovernanceScorer, recorder: InteractionRecorder
+    ) -> None:
+        self.engine, self.scorer, self.recorder = engine, scorer, recorder
+
+    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict:
+        return self.scorer.evaluate(text, direction, mode, threshold)  # type: ignore[arg-type]
+
+    async def generate(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> Generation:
+        return await _bounded(
+            self.engine.generate(messages, SamplingRequest(**sampling), request_id),
+            60.0,
+            "model",
+            ModelUnavailable,
+        )
+
+    async def record(self, records: list[InteractionRecord]) -> None:
+        self.recorder.start()
+        self.recorder.add(records)
+
+    async def flush(self) -> None:
+        await self.recorder.flush()
+
+    async def model_info(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        assert self.engine.info is not None
+        return asdict(self.engine.info)
+
+    async def health(self) -> dict[str, str]:
+        return {"model": "ok", "governance": "ok", "metrics_writer": "ok"}

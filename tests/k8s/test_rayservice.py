@@ -1,0 +1,44 @@
+"""k8s/rayservice.yaml is generated from configs/gpu.yaml and has what KubeRay needs."""
+
+from __future__ import annotations
+
+import yaml
+
+from serve_app.kuberay import GPU_CONFIG, RAYSERVICE, main, render
+
+
+def test_rayservice_is_up_to_date() -> None:
+    assert RAYSERVICE.read_text() == render(), "run python -m serve_app.kuberay"
+    assert main(["--check"]) == 0
+
+
+def test_serve_config_is_the_gpu_config() -> None:
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    assert yaml.safe_load(doc["spec"]["serveConfigV2"]) == yaml.safe_load(GPU_CONFIG.read_text())
+
+
+def test_required_kuberay_fields() -> None:
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] and head["volumeMounts"][0]["mountPath"] == "/models/lambda-7b"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-workers", "gpu-workers"}
+    gpu = groups["gpu-workers"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for g in groups.values():
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        env = {e["name"]: e for e in g["template"]["spec"]["containers"][0]["env"]}
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "promethios-db"
+
+
+def test_gpu_config_gives_llm_replicas_a_gpu() -> None:
+    cfg = yaml.safe_load(GPU_CONFIG.read_text())
+    deps = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    assert deps["LLMServer"]["ray_actor_options"]["num_gpus"] == 1
+    assert cfg["applications"][0]["args"]["model_path"] == "/models/lambda-7b"
+    for name in ("Ingress", "LLMServer", "GovernanceScorer"):
+        auto = deps[name]["autoscaling_config"]
+        assert 1 <= auto["min_replicas"] <= auto["max_replicas"]

@@ -1,0 +1,33 @@
+"""The Serve configs are valid Serve deploy configs whose args our builder accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.app import AppConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_serve_config_validates(name: str) -> None:
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    schema = (
+        ServeDeploySchema.model_validate(raw)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(raw)
+    )
+    (app,) = schema.applications
+    assert app.import_path == "serve_app.app:build_app"
+    AppConfig.model_validate(app.args)
+    names = {d.name for d in app.deployments}
+    assert names == {"Ingress", "LLMServer", "GovernanceScorer", "MetricsWriter"}
+
+
+def test_local_config_serves_on_the_seed_port() -> None:
+    raw = yaml.safe_load((CONFIGS / "local.yaml").read_text())
+    assert raw["http_options"] == {"host": "127.0.0.1", "port": 8002}
