@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from serve_app.governance.detectors import DETECTORS
+from serve_app.governance.hazards import SEMANTIC_DETECTORS
 
 Action = Literal["block", "redact", "flag"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -40,8 +41,9 @@ class Policy(BaseModel):
 
     @model_validator(mode="after")
     def _known_detector_and_all_modes(self) -> Policy:
-        if self.detector not in DETECTORS:
-            raise ValueError(f"unknown detector {self.detector!r}; known: {sorted(DETECTORS)}")
+        if self.detector not in DETECTORS and self.detector not in SEMANTIC_DETECTORS:
+            known = sorted([*DETECTORS, *SEMANTIC_DETECTORS])
+            raise ValueError(f"unknown detector {self.detector!r}; known: {known}")
         missing = {"strict", "standard", "permissive"} - set(self.actions)
         if missing:
             raise ValueError(f"actions lacks modes {sorted(missing)}")
@@ -62,7 +64,17 @@ class PolicySet(BaseModel):
         for i, policy in enumerate(self.policies):
             if policy.principle not in known:
                 raise ValueError(f"policies[{i}].principle {policy.principle!r} is not a principle")
+        seen: set[str] = set()
+        for i, policy in enumerate(self.policies):
+            if policy.id in seen:
+                raise ValueError(f"policies[{i}].id {policy.id!r} is a duplicate")
+            seen.add(policy.id)
         return self
+
+    @property
+    def needs_semantic(self) -> bool:
+        """True when a policy uses the embedding classifier."""
+        return any(p.detector in SEMANTIC_DETECTORS for p in self.policies)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_POLICY_FILE) -> PolicySet:

@@ -10,10 +10,14 @@ Score definitions (also in the README):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from serve_app.governance.detectors import DETECTORS
+from serve_app.governance.findings import Finding
+from serve_app.governance.harm import Classification
+from serve_app.governance.hazards import SEMANTIC_DETECTORS
 from serve_app.governance.policy import SEVERITY_WEIGHT, ComplianceMode, PolicySet
 
 Direction = Literal["input", "output"]
@@ -53,6 +57,10 @@ class Verdict:
     constitutional_adherence: float = 1.0
     governance_interventions: int = 0
     policies_evaluated: int = 0
+    principles_evaluated: int = 0
+    # The harmful-content classifier's view: {"flagged", "confidence", "probs"} (None: not run).
+    classifier: dict | None = None
+    policy_version: str | None = None
 
     @property
     def blocked(self) -> bool:
@@ -70,21 +78,35 @@ def combined_risk(severities: list[str]) -> float:
 class GovernanceScorer:
     """Applies a PolicySet to texts in one compliance mode at a time."""
 
-    def __init__(self, policies: PolicySet) -> None:
+    def __init__(self, policies: PolicySet, semantic: Any = None) -> None:
         self.policies = policies
+        self.semantic = semantic  # a SemanticModel, needed when a policy is semantic
 
     def evaluate(
-        self, text: str, direction: Direction, mode: ComplianceMode, trust_threshold: float = 0.0
+        self,
+        text: str,
+        direction: Direction,
+        mode: ComplianceMode,
+        trust_threshold: float = 0.0,
+        classification: Classification | None = None,
     ) -> Verdict:
         """Run every policy's detector over `text`; return the verdict with scores.
 
         The action is the strongest one the violated policies call for in `mode`;
         in strict and standard modes a trust score under `trust_threshold` blocks.
+        Semantic policies use `classification` (computed here when not given; a
+        scorer built without a semantic model loads the default one on first need).
         """
+        if classification is None and self.policies.needs_semantic:
+            if self.semantic is None:
+                from serve_app.governance.semantic import default_semantic
+
+                self.semantic = default_semantic()
+            classification = self.semantic.classify([text])[0]
         violations: list[Violation] = []
         for policy in self.policies.policies:
             action = policy.actions[mode]
-            for finding in DETECTORS[policy.detector](text):
+            for finding in _findings(policy.detector, text, classification):
                 violations.append(
                     Violation(
                         policy_id=policy.id,
@@ -127,22 +149,49 @@ class GovernanceScorer:
             ),
             governance_interventions=interventions,
             policies_evaluated=n_policies,
+            principles_evaluated=n_principles,
+            classifier=(
+                {
+                    "flagged": classification.flagged,
+                    "confidence": classification.confidence,
+                    "probs": classification.probs,
+                }
+                if classification is not None
+                else None
+            ),
+            policy_version=self.policies.version,
         )
+
+
+def _findings(
+    detector: str, text: str, classification: Classification | None
+) -> Iterator[Finding]:
+    """A rule detector's spans, or the whole text when the classifier flags its class."""
+    if detector in DETECTORS:
+        yield from DETECTORS[detector](text)
+    elif classification is not None and classification.flagged == SEMANTIC_DETECTORS[detector]:
+        yield Finding(detector, 0, len(text), classification.flagged.upper())
 
 
 def _drop_shadowed(violations: list[Violation]) -> list[Violation]:
     """Drop a finding inside another's span that is at least as severe (a card is not a phone)."""
 
-    def shadows(a: Violation, b: Violation) -> bool:
-        return (
-            a is not b
-            and a.detector != b.detector
-            and a.span[0] <= b.span[0]
-            and b.span[1] <= a.span[1]
-            and SEVERITY_WEIGHT[a.severity] >= SEVERITY_WEIGHT[b.severity]
-        )
+    # Only span (rule) detectors shadow each other: a classifier verdict is about the
+    # whole text and a different risk. Identical span and severity: the first one stays.
+    def shadows(i: int, a: Violation, j: int, b: Violation) -> bool:
+        if a.detector in SEMANTIC_DETECTORS or b.detector in SEMANTIC_DETECTORS:
+            return False
+        if i == j or a.detector == b.detector:
+            return False
+        if not (a.span[0] <= b.span[0] and b.span[1] <= a.span[1]):
+            return False
+        wa, wb = SEVERITY_WEIGHT[a.severity], SEVERITY_WEIGHT[b.severity]
+        if a.span == b.span and wa == wb:
+            return i < j
+        return wa >= wb
 
-    return [b for b in violations if not any(shadows(a, b) for a in violations)]
+    indexed = list(enumerate(violations))
+    return [b for j, b in indexed if not any(shadows(i, a, j, b) for i, a in indexed)]
 
 
 def redact(text: str, violations: list[Violation]) -> str:
@@ -179,7 +228,9 @@ def combine(verdicts: list[Verdict], policies: PolicySet) -> InteractionScores:
     violations = [v for verdict in verdicts for v in verdict.violations]
     checks = sum(verdict.policies_evaluated for verdict in verdicts)
     failed_checks = len({(v.direction, v.policy_id) for v in violations})
-    n_principles = len(policies.principles)
+    n_principles = max((v.principles_evaluated for v in verdicts), default=0) or len(
+        policies.principles
+    )
     violated_principles = {v.principle for v in violations}
     return InteractionScores(
         trust_score=round(1.0 - combined_risk([v.severity for v in violations]), 6),

@@ -1,0 +1,116 @@
+"""Governance quality and cost over the shipped labeled set (see serve_app/governance/dataset.py).
+
+    .venv/bin/python bench/governance_eval.py [--split test] [--out result.json]
+
+Runs the default policy (permissive mode, so every finding is reported) over every item
+of the split; an item's predicted categories are the categories of its violations.
+Prints JSON: per-category precision / recall / F1 / support, the false-positive rate on
+benign items, and scoring latency (one input + one output evaluation per request, the
+in-process scorer with the embedding call, median / p95 ms). Nothing is tuned on `test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve_app.governance.dataset import LABELS, load_items  # noqa: E402
+from serve_app.governance.policy import PolicySet  # noqa: E402
+from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
+from serve_app.governance.semantic import default_semantic  # noqa: E402
+
+
+def evaluate(split: str) -> dict:
+    scorer = GovernanceScorer(PolicySet.load(), default_semantic())
+    items = [i for i in load_items() if i.split == split]
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    support: Counter[str] = Counter()
+    benign_total = benign_flagged = 0
+    confusions: Counter[str] = Counter()
+    for item in items:
+        direction = "output" if item.kind == "response" else "input"
+        verdict = scorer.evaluate(item.text, direction, "permissive")  # type: ignore[arg-type]
+        predicted = {v.category for v in verdict.violations}
+        gold = set() if item.label == "benign" else {item.label}
+        if item.label == "benign":
+            benign_total += 1
+            benign_flagged += bool(predicted)
+        for label in gold:
+            support[label] += 1
+        for label in predicted | gold:
+            if label in predicted and label in gold:
+                tp[label] += 1
+            elif label in predicted:
+                fp[label] += 1
+                confusions[f"{item.label}->{label}"] += 1
+            else:
+                fn[label] += 1
+    per_category = {}
+    for label in LABELS:
+        if label == "benign":
+            continue
+        p = tp[label] / (tp[label] + fp[label]) if tp[label] + fp[label] else 0.0
+        r = tp[label] / (tp[label] + fn[label]) if tp[label] + fn[label] else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_category[label] = {
+            "precision": round(p, 3),
+            "recall": round(r, 3),
+            "f1": round(f1, 3),
+            "support": support[label],
+        }
+    harmful = [c for c in per_category if c not in ("pii", "secrets", "prompt_injection")]
+    return {
+        "split": split,
+        "items": len(items),
+        "per_category": per_category,
+        "macro_f1_harmful": round(statistics.mean(per_category[c]["f1"] for c in harmful), 3),
+        "benign_items": benign_total,
+        "benign_false_positive_rate": round(benign_flagged / benign_total, 4),
+        "top_confusions": dict(confusions.most_common(8)),
+    }
+
+
+def latency(n: int = 200) -> dict:
+    """Input + output scoring of one request (messages under 1,000 characters), in-process."""
+    scorer = GovernanceScorer(PolicySet.load(), default_semantic())
+    items = [i for i in load_items() if len(i.text) < 1000][:n]
+    for i in items[:10]:
+        scorer.evaluate(i.text, "input", "standard")
+    times = []
+    for i in items:
+        start = time.perf_counter()
+        scorer.evaluate(i.text, "input", "standard")
+        scorer.evaluate(i.text, "output", "standard")
+        times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    return {
+        "requests": len(times),
+        "median_ms": round(statistics.median(times), 2),
+        "p95_ms": round(times[int(0.95 * len(times)) - 1], 2),
+        "what": "input + output evaluation, one request at a time, 1 torch thread",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    result = {"quality": evaluate(args.split), "latency": latency()}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

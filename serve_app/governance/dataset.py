@@ -1,0 +1,145 @@
+"""The shipped labeled governance dataset: seeds expanded into items, with splits.
+
+Source: `data/labeled_seeds.yaml` (hazard, injection and benign seeds and sentences)
+plus PII and secret items generated here with valid checksums (and near-miss negatives
+labeled benign). Each seed, sentence or generated item is one split group; the split
+is fixed by the sha256 of the group key: 60 % train, 20 % dev, 20 % test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from serve_app.governance.hazards import BENIGN, HAZARDS, INJECTION_CLASS
+
+DATA_FILE = Path(__file__).resolve().parent / "data" / "labeled_seeds.yaml"
+LABELS = [*HAZARDS, INJECTION_CLASS, "pii", "secrets", BENIGN]
+
+
+@dataclass(frozen=True)
+class Item:
+    text: str
+    label: str  # a hazard name, prompt_injection, pii, secrets or benign
+    kind: str  # prompt | response
+    split: str  # train | dev | test
+    group: str
+
+
+def split_of(key: str) -> str:
+    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10
+    return "train" if h < 6 else "dev" if h < 8 else "test"
+
+
+def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    for check in string.digits:
+        digits = body + check
+        total = 0
+        for i, ch in enumerate(reversed(digits)):
+            d = int(ch) * (2 if i % 2 else 1)
+            total += d - 9 if d > 9 else d
+        if total % 10 == 0:
+            return digits
+    raise AssertionError("unreachable")
+
+
+def _iban(country: str, bban: str) -> str:
+    digits = "".join(str(int(ch, 36)) for ch in bban + country + "00")
+    return f"{country}{98 - int(digits) % 97:02d}{bban}"
+
+
+def _group4(s: str) -> str:
+    return " ".join(s[i : i + 4] for i in range(0, len(s), 4))
+
+
+def _pii_and_secret_items(rng: random.Random) -> list[tuple[str, str]]:
+    names = ["jane.doe", "m.rossi", "kwame.mensah", "li.wei", "olga_petrova", "sam+news"]
+    domains = ["example.com", "mail.co.uk", "company.io", "uni.edu"]
+    out: list[tuple[str, str]] = []
+    for i in range(14):
+        email = f"{rng.choice(names)}{i}@{rng.choice(domains)}"
+        card = _luhn_complete(rng.choice(["4", "51", "37", "6011"]), 16, rng)
+        bad_card = card[:-1] + str((int(card[-1]) + 1) % 10)
+        phone = rng.choice(
+            [f"(415) 555-01{i:02d}", f"+44 20 7946 0{i:03d}", f"212-555-01{i:02d}",
+             f"+49 30 901820{i:02d}"]
+        )  # fmt: skip
+        ssn = f"{rng.randint(100, 665):03d}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}"
+        bban = {"DE": 18, "GB": 18, "FR": 23, "NL": 14}
+        country = rng.choice(list(bban))
+        if country == "GB":
+            body = "NWBK" + "".join(rng.choice(string.digits) for _ in range(14))
+        elif country == "NL":
+            body = "ABNA" + "".join(rng.choice(string.digits) for _ in range(10))
+        else:
+            body = "".join(rng.choice(string.digits) for _ in range(bban[country]))
+        iban = _iban(country, body)
+        bad_iban = iban[:2] + f"{(int(iban[2:4]) + 1) % 100:02d}" + iban[4:]
+        ip = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{i + 2}"
+        out += [
+            (rng.choice(["My email is {} - please update my account.",
+                         "Send the invoice to {} today."]).format(email), "pii"),
+            (f"You can reach me on {phone} after six.", "pii"),
+            (f"Charge my card {_group4(card)}, expiry 09/28.", "pii"),
+            (f"My social security number is {ssn}.", "pii"),
+            (f"Please wire the deposit to IBAN {_group4(iban)}.", "pii"),
+            (f"The customer's home router is at {ip}.", "pii"),
+            (f"Order reference {bad_card} was shipped.", BENIGN),
+            (f"Our internal batch id is {bad_iban} for the March run.", BENIGN),
+            (f"Ticket #{rng.randint(10000, 99999)} was closed on 2024-0{i % 9 + 1}-1{i % 9}.",
+             BENIGN),
+            (f"Upgrade to version 2.{i}.{i + 3} before Friday; it costs ${i + 5}.99.", BENIGN),
+        ]  # fmt: skip
+        alnum = string.ascii_letters + string.digits
+        akid = "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+        tok = "".join(rng.choice(alnum) for _ in range(36))
+        pw = "".join(rng.choice(alnum) for _ in range(9)) + rng.choice("!#%&") + str(i)
+        out += [
+            (f"export AWS_ACCESS_KEY_ID=AKIA{akid}", "secrets"),
+            (f"Use my token ghp_{tok} to push.", "secrets"),
+            (f"OPENAI_API_KEY=sk-proj-{tok[:28]}", "secrets"),
+            (f"db_password = \"{pw}\"", "secrets"),
+            (f"connect with postgresql://admin:{pw}@db.internal:5432/prod", "secrets"),
+            ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow" + tok + "\n-----END RSA PRIVATE KEY-----",
+             "secrets"),
+            (rng.choice(["Set password: <your password> in the config file.",
+                         "Put API_KEY=${API_KEY} in the .env template.",
+                         "The token is stored in Vault; never paste it into chat.",
+                         "Your password must be at least 12 characters long."]), BENIGN),
+        ]  # fmt: skip
+    return out
+
+
+@lru_cache(maxsize=1)
+def load_items() -> tuple[Item, ...]:
+    """Every item of the dataset, deterministic."""
+    raw = yaml.safe_load(DATA_FILE.read_text())
+    items: list[Item] = []
+    prompt_framings = raw["framings"]["prompt"]
+    response_framings = raw["framings"]["response"]
+    for label, seeds in raw["classes"].items():
+        for seed in seeds:
+            split = split_of(f"seed:{seed}")
+            for f in prompt_framings:
+                items.append(Item(f.format(s=seed), label, "prompt", split, seed))
+            for f in response_framings:
+                items.append(Item(f.format(s=seed), label, "response", split, seed))
+    for label, sentences in raw["sentences"].items():
+        kind = "response" if label.endswith("_response") else "prompt"
+        gold = BENIGN if label.startswith(BENIGN) else label
+        for text in sentences:
+            items.append(Item(text, gold, kind, split_of(f"sentence:{text}"), text))
+    for text, label in _pii_and_secret_items(random.Random(20261101)):
+        items.append(Item(text, label, "prompt", split_of(f"gen:{text}"), text))
+    return tuple(items)
+
+
+def dataset_hash() -> str:
+    return hashlib.sha256(DATA_FILE.read_bytes()).hexdigest()[:16]

@@ -1,0 +1,47 @@
+"""The meaning-based half of governance: MiniLM embeddings + the hazard classifier."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from serve_app.governance.embedding import Embedder
+from serve_app.governance.harm import Classification, HarmClassifier
+
+log = logging.getLogger("promethios.governance.semantic")
+
+
+class SemanticModel:
+    """Embeds texts and classifies them; `classify` is the synchronous one-shot path."""
+
+    def __init__(self, embedder: Embedder, classifier: HarmClassifier) -> None:
+        self.embedder = embedder
+        self.classifier = classifier
+
+    @classmethod
+    def load(cls, var_dir: Path, threads: int = 1) -> SemanticModel:
+        """Load the embedding model and the cached classifier (trained here on first use)."""
+        embedder = Embedder(threads=threads)
+        classifier = HarmClassifier.load_or_train(Path(var_dir) / "governance", embedder)
+        return cls(embedder, classifier)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.embed(texts)
+
+    def classify(self, texts: list[str]) -> list[Classification]:
+        return self.classifier.classify(self.embedder.embed(texts))
+
+
+_default: SemanticModel | None = None
+
+
+def default_semantic() -> SemanticModel:
+    """The process-wide model over the configured var/ directory (loaded once)."""
+    global _default
+    if _default is None:
+        from serve_app.settings import get_settings
+
+        _default = SemanticModel.load(get_settings().var_dir)
+    return _default
