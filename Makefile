@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(EXTRA)
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install model run test test-fast clean
+.PHONY: install model run browser test test-fast bench clean
 
 install: $(STAMP)
 
@@ -29,7 +29,14 @@ model: install
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml
 
-test: install
+# The console's browser test drives Debian's Chromium (/usr/bin/chromium): installed here
+# when absent and this runs as root with apt-get; otherwise that test skips with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium not installed: the browser test will skip"
+
+test: install browser
 	$(PY) -m pytest
 
 test-fast: install
@@ -37,3 +44,6 @@ test-fast: install
 
 clean:
 	rm -rf var/ .pytest_cache
+
+bench: install model
+	$(PY) bench/run.py

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import numpy as np
 from ray import serve
 
+from serve_app.governance.library import PolicyLibrary
 from serve_app.governance.policy import DEFAULT_POLICY_FILE, PolicySet
 from serve_app.governance.scorer import GovernanceScorer, Verdict
+from serve_app.governance.semantic import SemanticModel
+from serve_app.observability.logs import configure_from_settings
+from serve_app.settings import get_settings
+
+log = logging.getLogger("promethios.governance")
 
 
 @serve.deployment(
@@ -15,13 +25,55 @@ class GovernanceScorerDeployment:
     """Scores texts against the constitution; `evaluate` returns a Verdict."""
 
     def __init__(self, policy_file: str | None = None) -> None:
-        self.policies = PolicySet.load(policy_file or DEFAULT_POLICY_FILE)
-        self.scorer = GovernanceScorer(self.policies)
+        configure_from_settings("GovernanceScorer")
+        self.library = PolicyLibrary(policy_file or DEFAULT_POLICY_FILE)
+        self.policies = self.library.get(None)
+        self.semantic = SemanticModel.load(get_settings().var_dir)
+        self.semantic.embed(["warm-up"])
+        self._scorers: dict[int, GovernanceScorer] = {}
 
-    def evaluate(
-        self, text: str, direction: str, mode: str, trust_threshold: float = 0.0
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _embed(self, texts: list[str]) -> list[np.ndarray]:
+        """Embeddings of concurrent requests, computed as one batch off the event loop."""
+        return list(await asyncio.to_thread(self.semantic.embed, texts))
+
+    def _scorer(self, policies: PolicySet) -> GovernanceScorer:
+        scorer = self._scorers.get(id(policies))
+        if scorer is None or scorer.policies is not policies:
+            scorer = self._scorers[id(policies)] = GovernanceScorer(policies, self.semantic)
+        return scorer
+
+    async def evaluate(
+        self,
+        text: str,
+        direction: str,
+        mode: str,
+        trust_threshold: float = 0.0,
+        policy: str | None = None,
     ) -> Verdict:
-        return self.scorer.evaluate(text, direction, mode, trust_threshold)  # type: ignore[arg-type]
+        """The verdict on `text` under the agent's policy file (None: the default).
+
+        Raises when the policy file cannot be used; the ingress answers 503 then.
+        """
+        policies = self.library.get(policy)
+        classification = None
+        if policies.needs_semantic:
+            emb = await self._embed(text)
+            classification = self.semantic.classifier.classify(emb)[0]
+        verdict = self._scorer(policies).evaluate(
+            text,
+            direction,  # type: ignore[arg-type]
+            mode,  # type: ignore[arg-type]
+            trust_threshold,
+            classification=classification,
+        )
+        log.info(
+            "screened %s: %s",
+            direction,
+            verdict.action,
+            extra={"violations": [v.policy_id for v in verdict.violations]},
+        )
+        return verdict
 
     def policy_set(self) -> PolicySet:
         return self.policies

@@ -9,12 +9,17 @@ from ray import serve
 
 from serve_app.api.deps import AppInfo, Services, install_services
 from serve_app.api.http import create_api
+from serve_app.api.limits import RateLimits
+from serve_app.api.observability import install_observability
 from serve_app.backends import RayBackends
 from serve_app.governance.policy import DEFAULT_POLICY_FILE, PolicySet
+from serve_app.observability.instrument import InstrumentedBackends, MetricsHub
+from serve_app.observability.logs import configure_from_settings
+from serve_app.observability.requests import install_hub
 from serve_app.settings import get_settings
 from serve_app.store import Store
 
-api = create_api(get_settings().max_body_bytes)
+api = install_observability(create_api(get_settings().max_body_bytes))
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -22,16 +27,25 @@ api = create_api(get_settings().max_body_bytes)
 class Ingress:
     """Serves the HTTP API; holds handles to the LLM, the scorer and the metrics writer."""
 
-    def __init__(self, llm: Any, scorer: Any, writer: Any, options: dict[str, Any]) -> None:
+    def __init__(
+        self, llm: Any, scorer: Any, writer: Any, options: dict[str, Any], limiter: Any = None
+    ) -> None:
         settings = get_settings()
         logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
+        configure_from_settings("Ingress")
+        hub = MetricsHub.for_writer(writer)
+        install_hub(hub)
         store = Store(options["database_url"])
         install_services(
             Services(
                 store=store,
-                backends=RayBackends(llm, scorer, writer, timeout_s=settings.request_timeout_s),
+                backends=InstrumentedBackends(
+                    RayBackends(llm, scorer, writer, timeout_s=settings.request_timeout_s), hub
+                ),
                 settings=settings,
                 policies=PolicySet.load(options.get("policy_file") or DEFAULT_POLICY_FILE),
                 info=AppInfo(**options["info"]),
+                bench_enabled=bool(options.get("bench_routes", False)),
+                limiter=RateLimits.for_handle(limiter, settings) if limiter else None,
             )
         )

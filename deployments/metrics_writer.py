@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray import serve
 
+from serve_app.observability.logs import configure_from_settings
+from serve_app.observability.metrics import MetricsAggregate, MetricsDelta
 from serve_app.recording import InteractionRecorder
 from serve_app.store import Store
 from serve_app.store.records import InteractionRecord
+
+log = logging.getLogger("promethios.writer")
 
 
 @serve.deployment(
@@ -21,6 +26,8 @@ class MetricsWriter:
     """Accepts records (`record`), writes them in batches, `flush`es on demand."""
 
     def __init__(self, database_url: str, flush_interval_s: float = 0.05) -> None:
+        configure_from_settings("MetricsWriter")
+        self.metrics = MetricsAggregate()
         self.store = Store(database_url)
         self.store.migrate()
         self.recorder = InteractionRecorder(
@@ -31,7 +38,20 @@ class MetricsWriter:
         """Buffer records; returns how many are pending (written within a flush interval)."""
         self.recorder.start()
         self.recorder.add(records)
+        log.info(
+            "accepted %d record(s)",
+            len(records),
+            extra={"message_ids": [r.message_id for r in records]},
+        )
         return self.recorder.pending
+
+    def merge_metrics(self, wire: dict[str, Any]) -> None:
+        """Add an ingress replica's observations to the totals that /metrics renders."""
+        self.metrics.merge(MetricsDelta.from_wire(wire))
+
+    def metrics_totals(self) -> dict[str, Any]:
+        """The merged observations of every ingress replica since this actor started."""
+        return self.metrics.to_wire()
 
     async def flush(self) -> int:
         self.recorder.start()

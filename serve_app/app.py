@@ -35,6 +35,7 @@ class AppConfig(BaseModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     writer_flush_interval_s: float = 0.05
     llm_max_replicas: int = 1
+    bench_routes: bool = False
 
 
 def describe_model(model_path: Path, settings: Settings) -> AppInfo:
@@ -78,6 +79,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from deployments.ingress import Ingress
     from deployments.llm import LLMServer
     from deployments.metrics_writer import MetricsWriter
+    from deployments.rate_limiter import RateLimiterDeployment
     from serve_app.store import Store
 
     cfg = AppConfig.model_validate(args or {})
@@ -94,5 +96,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     llm = LLMServer.bind(str(model_path), cfg.engine.model_dump(exclude_none=True))
     scorer = GovernanceScorerDeployment.bind(policy_file)
     writer = MetricsWriter.bind(database_url, cfg.writer_flush_interval_s)
-    options = {"database_url": database_url, "policy_file": policy_file, "info": asdict(info)}
-    return Ingress.bind(llm, scorer, writer, options)
+    options = {
+        "database_url": database_url,
+        "policy_file": policy_file,
+        "info": asdict(info),
+        "bench_routes": cfg.bench_routes,
+    }
+    return Ingress.bind(llm, scorer, writer, options, RateLimiterDeployment.bind())

@@ -8,9 +8,16 @@ Both time-bound every call and translate failures into the API's error types.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from serve_app.engine.adapter import EngineAdapter, Generation, PromptTooLong, SamplingRequest
+from serve_app.engine.adapter import (
+    EngineAdapter,
+    Generation,
+    PromptTooLong,
+    SamplingRequest,
+    StreamDelta,
+)
 from serve_app.errors import (
     AuditUnavailable,
     BadRequest,
@@ -24,10 +31,15 @@ from serve_app.store.records import InteractionRecord
 
 
 class Backends(Protocol):
-    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict: ...
+    async def evaluate(
+        self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
+    ) -> Verdict: ...
     async def generate(
         self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
     ) -> Generation: ...
+    def stream(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> AsyncIterator[StreamDelta]: ...
     async def record(self, records: list[InteractionRecord]) -> None: ...
     async def flush(self) -> None: ...
     async def model_info(self) -> dict[str, Any]: ...
@@ -47,6 +59,28 @@ async def _bounded(coro: Any, timeout_s: float, what: str, unavailable: type[Exc
         raise unavailable(f"{what} unavailable: {type(exc).__name__}") from exc
 
 
+async def _next_or_none(it: Any) -> Any:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _bounded_stream(
+    it: Any, timeout_s: float, close: Any = None
+) -> AsyncIterator[StreamDelta]:
+    """Each item of `it` within `timeout_s`; failures become the API's errors."""
+    try:
+        while True:
+            item = await _bounded(_next_or_none(it), timeout_s, "model", ModelUnavailable)
+            if item is None:
+                return
+            yield item
+    finally:
+        if close is not None:
+            close()
+
+
 class RayBackends:
     """Deployment handles to the LLM, scorer and writer deployments."""
 
@@ -55,8 +89,10 @@ class RayBackends:
         self.timeout_s = timeout_s
         self._model_info: dict[str, Any] | None = None
 
-    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict:
-        call = self.scorer.evaluate.remote(text, direction, mode, threshold)
+    async def evaluate(
+        self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
+    ) -> Verdict:
+        call = self.scorer.evaluate.remote(text, direction, mode, threshold, policy)
         return await _bounded(call, self.timeout_s, "governance scorer", ScorerUnavailable)
 
     async def generate(
@@ -64,6 +100,12 @@ class RayBackends:
     ) -> Generation:
         call = self.llm.generate.remote(messages, sampling, request_id)
         return await _bounded(call, self.timeout_s, "model", ModelUnavailable)
+
+    def stream(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> AsyncIterator[StreamDelta]:
+        gen = self.llm.options(stream=True).stream.remote(messages, sampling, request_id)
+        return _bounded_stream(gen.__aiter__(), self.timeout_s, gen.cancel)
 
     async def record(self, records: list[InteractionRecord]) -> None:
         await _bounded(
@@ -106,7 +148,10 @@ class LocalBackends:
     ) -> None:
         self.engine, self.scorer, self.recorder = engine, scorer, recorder
 
-    async def evaluate(self, text: str, direction: str, mode: str, threshold: float) -> Verdict:
+    async def evaluate(
+        self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
+    ) -> Verdict:
+        # In-process parts score with their one policy set; per-agent files need the graph.
         return self.scorer.evaluate(text, direction, mode, threshold)  # type: ignore[arg-type]
 
     async def generate(
@@ -118,6 +163,12 @@ class LocalBackends:
             "model",
             ModelUnavailable,
         )
+
+    def stream(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+    ) -> AsyncIterator[StreamDelta]:
+        gen = self.engine.stream_deltas(messages, SamplingRequest(**sampling), request_id)
+        return _bounded_stream(gen.__aiter__(), 60.0)
 
     async def record(self, records: list[InteractionRecord]) -> None:
         self.recorder.start()

@@ -3,6 +3,7 @@
     promethios users create USER_ID      # prints the new API key as the last line
     promethios users revoke-key KEY
     promethios db upgrade
+    promethios audit verify AGENT_ID     # exit 1 naming the first broken record
 
 The database is ``DATABASE_URL``, else the SQLite file under ``var/`` (see settings).
 """
@@ -21,6 +22,8 @@ users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def _database_url() -> str:
@@ -91,6 +94,29 @@ def db_upgrade() -> None:
     store = _open_store()
     store.close()
     typer.echo(f"Database {_display_url(store.database_url)} is at the newest schema.")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    agent_id: str = typer.Argument(..., help="The agent whose chain to check."),
+) -> None:
+    """Recompute the agent's audit chain; exits 1 naming the first broken record."""
+    import json
+
+    store = _open_store()
+    try:
+        report = store.verify_audit_chain(agent_id)
+    finally:
+        store.close()
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+    if not report.intact:
+        broken = report.first_broken or {}
+        typer.echo(
+            f"error: audit chain of {agent_id} broken at record {broken.get('message_id')} "
+            f"(position {broken.get('position')}): {broken.get('reason')}",
+            err=True,
+        )
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -69,6 +69,23 @@ class AuditUnavailable(ServiceUnavailable):
     code = "audit_unavailable"
 
 
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class Gone(ApiError):
+    status_code = 410
+    code = "gone"
+
+
+class RateLimited(ApiError):
+    """Over a request or token rate limit; carries Retry-After and x-ratelimit-* headers."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+
+
 class GatewayTimeout(ApiError):
     status_code = 504
     code = "timeout"

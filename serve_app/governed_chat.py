@@ -6,15 +6,19 @@ exchange is handed to the metrics writer before the answer is returned.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from serve_app.backends import Backends
 from serve_app.errors import ApiError
 from serve_app.governance.policy import PolicySet
 from serve_app.governance.scorer import InteractionScores, Verdict, combine
+from serve_app.governance.stream_guard import StreamGuard
 from serve_app.store.records import AgentRecord, InteractionRecord
 
 
@@ -30,6 +34,19 @@ class ChatResult:
     response_time_ms: float
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One step of a governed stream: text that passed governance, a refusal, or the end.
+
+    The last event carries `result` (the recorded exchange) and no text.
+    """
+
+    text: str = ""
+    refusal: bool = False
+    result: ChatResult | None = None
 
 
 def refusal(verdict: Verdict, direction: str) -> str:
@@ -44,9 +61,13 @@ def refusal(verdict: Verdict, direction: str) -> str:
     return f"I can't share that response: governance withheld it{why}."
 
 
-def build_messages(agent: AgentRecord, user_text: str) -> list[dict[str, str]]:
+def build_messages(
+    agent: AgentRecord, user_text: str, history: list[dict[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """The agent's system prompt, earlier turns (already screened), then the user's turn."""
     system = agent.config.get("system_prompt")
     messages = [{"role": "system", "content": system}] if system else []
+    messages.extend(history or [])
     messages.append({"role": "user", "content": user_text})
     return messages
 
@@ -67,26 +88,36 @@ class GovernedChat:
         temperature: float,
         channel: str = "agent",
         deployment_id: str | None = None,
+        history: list[dict[str, str]] | None = None,
     ) -> ChatResult:
-        """Answer `message` as `agent`; records the exchange (status ok, blocked or error)."""
+        """Answer `message` as `agent`; records the exchange (status ok, blocked or error).
+
+        `history` holds earlier turns supplied by the client; each is screened as input.
+        """
         started = time.perf_counter()
         message_id = f"msg-{uuid.uuid4().hex[:16]}"
         mode = agent.config.get("compliance_mode", "standard")
         threshold = float(agent.config.get("trust_threshold", 0.0))
+        policy = agent.config.get("policy")
         verdicts: list[Verdict] = []
         gen = None
         try:
-            verdict_in = await self.backends.evaluate(message, "input", mode, threshold)
-            verdicts.append(verdict_in)
+            verdict_in, screened = await self._screen_input(
+                message, history, mode, threshold, policy
+            )
+            verdicts.extend(screened[1])
+            verdicts.insert(0, verdict_in)
             if verdict_in.blocked:
                 response, status, action = refusal(verdict_in, "input"), "blocked", "block"
             else:
                 gen = await self.backends.generate(
-                    build_messages(agent, verdict_in.text),
+                    build_messages(agent, verdict_in.text, screened[0]),
                     {"max_tokens": max_tokens, "temperature": temperature},
                     message_id,
                 )
-                verdict_out = await self.backends.evaluate(gen.text, "output", mode, threshold)
+                verdict_out = await self.backends.evaluate(
+                    gen.text, "output", mode, threshold, policy
+                )
                 verdicts.append(verdict_out)
                 if verdict_out.blocked:
                     response, status, action = refusal(verdict_out, "output"), "blocked", "block"
@@ -111,9 +142,143 @@ class GovernedChat:
             response_time_ms=round(elapsed_ms, 3),
             prompt_tokens=gen.prompt_tokens if gen else 0,
             completion_tokens=gen.completion_tokens if gen else 0,
+            finish_reason=gen.finish_reason if gen else None,
         )
         await self.backends.record([self._record(agent, result, channel, deployment_id)])
         return result
+
+    async def _screen_input(
+        self,
+        message: str,
+        history: list[dict[str, str]] | None,
+        mode: str,
+        threshold: float,
+        policy: str | None = None,
+    ) -> tuple[Verdict, tuple[list[dict[str, str]], list[Verdict]]]:
+        """The message's verdict (a blocked history turn blocks it) and the screened history."""
+        texts = [message] + [t["content"] for t in history or []]
+        found = await asyncio.gather(
+            *(self.backends.evaluate(t, "input", mode, threshold, policy) for t in texts)
+        )
+        verdict_in, turns = found[0], list(found[1:])
+        screened = [
+            {"role": t["role"], "content": v.text}
+            for t, v in zip(history or [], turns, strict=True)
+        ]
+        blocking = next((v for v in turns if v.blocked), None)
+        if blocking is not None and not verdict_in.blocked:
+            verdict_in = replace(
+                verdict_in, action="block", text="", violations=list(blocking.violations)
+            )
+            turns = [v for v in turns if v is not blocking]
+        return verdict_in, (screened, turns)
+
+    async def stream(
+        self,
+        agent: AgentRecord,
+        message: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        channel: str = "agent",
+        deployment_id: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        check_every: int | None = None,
+        hold_back: int | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream the answer; each text event has passed output governance (StreamGuard).
+
+        A block stops the stream with a refusal event. The exchange is recorded once,
+        when the stream ends (on a client disconnect, with the text sent so far).
+        """
+        started = time.perf_counter()
+        message_id = f"msg-{uuid.uuid4().hex[:16]}"
+        mode = agent.config.get("compliance_mode", "standard")
+        threshold = float(agent.config.get("trust_threshold", 0.0))
+        policy = agent.config.get("policy")
+        verdicts: list[Verdict] = []
+        pieces: list[str] = []
+        counts = [0, 0]
+        finish: str | None = None
+        status, action = "ok", "allow"
+        recorded = False
+
+        def result() -> ChatResult:
+            return ChatResult(
+                message_id=message_id,
+                timestamp=datetime.now(timezone.utc),
+                input=message,
+                response="".join(pieces),
+                status=status,
+                action=action,
+                scores=combine(verdicts, self.policies),
+                response_time_ms=round((time.perf_counter() - started) * 1000.0, 3),
+                prompt_tokens=counts[0],
+                completion_tokens=counts[1],
+                finish_reason=finish,
+            )
+
+        try:
+            verdict_in, screened = await self._screen_input(
+                message, history, mode, threshold, policy
+            )
+            verdicts.append(verdict_in)
+            verdicts.extend(screened[1])
+            if verdict_in.blocked:
+                status, action, finish = "blocked", "block", "content_filter"
+                pieces.append(refusal(verdict_in, "input"))
+                yield StreamEvent(text=pieces[-1], refusal=True)
+            else:
+                guard = StreamGuard(
+                    lambda text: self.backends.evaluate(text, "output", mode, threshold, policy),
+                    **{
+                        k: v
+                        for k, v in (("check_every", check_every), ("hold_back", hold_back))
+                        if v is not None
+                    },
+                )
+                messages = build_messages(agent, verdict_in.text, screened[0])
+                sampling = {"max_tokens": max_tokens, "temperature": temperature}
+                async with aclosing(self.backends.stream(messages, sampling, message_id)) as it:
+                    async for delta in it:
+                        counts[:] = [delta.prompt_tokens, delta.completion_tokens]
+                        finish = delta.finish_reason or finish
+                        step = await guard.feed(delta.text)
+                        if step.release:
+                            pieces.append(step.release)
+                            yield StreamEvent(text=step.release)
+                        if step.stopped:
+                            break
+                if not guard.stopped:
+                    step = await guard.finish()
+                    if step.release:
+                        pieces.append(step.release)
+                        yield StreamEvent(text=step.release)
+                assert guard.last_verdict is not None
+                verdicts.append(guard.last_verdict)
+                if guard.stopped:
+                    status, action, finish = "blocked", "block", "content_filter"
+                    out = replace(guard.last_verdict, action="block")
+                    pieces.append(("\n\n" if pieces else "") + refusal(out, "output"))
+                    yield StreamEvent(text=pieces[-1], refusal=True)
+                else:
+                    action = max((verdict_in.action, guard.last_verdict.action), key=_rank)
+        except ApiError as exc:
+            recorded = True
+            await self._record_error(
+                agent, message, message_id, started, channel, deployment_id, exc
+            )
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            if not recorded:
+                recorded = True
+                rec = self._record(agent, result(), channel, deployment_id)
+                asyncio.ensure_future(self.backends.record([rec]))
+            raise
+        final = result()
+        recorded = True
+        await self.backends.record([self._record(agent, final, channel, deployment_id)])
+        yield StreamEvent(result=final)
 
     def _record(
         self, agent: AgentRecord, r: ChatResult, channel: str, deployment_id: str | None

@@ -35,9 +35,18 @@ class Settings(BaseSettings):
     train_seconds: float = Field(default=150.0, validation_alias="PROMETHIOS_TRAIN_SECONDS")
     train_seed: int = Field(default=1234, validation_alias="PROMETHIOS_TRAIN_SEED")
     request_timeout_s: float = Field(default=60.0, validation_alias="PROMETHIOS_REQUEST_TIMEOUT_S")
+    key_requests_per_minute: int | None = Field(
+        default=600, validation_alias="PROMETHIOS_KEY_REQUESTS_PER_MINUTE"
+    )
+    key_tokens_per_minute: int | None = Field(
+        default=200_000, validation_alias="PROMETHIOS_KEY_TOKENS_PER_MINUTE"
+    )
+    stream_check_every: int = Field(default=24, validation_alias="PROMETHIOS_STREAM_CHECK_CHARS")
+    stream_hold_back: int = Field(default=32, validation_alias="PROMETHIOS_STREAM_HOLD_BACK_CHARS")
     debug: bool = Field(
         default=False, validation_alias=AliasChoices("PROMETHIOS_DEBUG", "NATIVE_LLM_DEBUG")
     )
+    log_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_LOG_DIR")
 
     @property
     def resolved_database_url(self) -> str:

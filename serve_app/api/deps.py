@@ -35,6 +35,8 @@ class Services:
     settings: Settings
     policies: PolicySet
     info: AppInfo
+    bench_enabled: bool = False
+    limiter: Any = None  # serve_app.api.limits.RateLimits, installed by the ingress
     _key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     async def user_for_key(self, key: str) -> str | None:

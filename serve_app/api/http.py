@@ -11,8 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import __version__
+from serve_app.api.agents.router import router as agents_router
+from serve_app.api.bench import router as bench_router
 from serve_app.api.deps import ServicesDep
+from serve_app.api.governance.router import router as governance_router
 from serve_app.api.native.router import router as native_router
+from serve_app.api.openai.protocol import openai_error_body
+from serve_app.api.openai.router import router as openai_router
 from serve_app.errors import ApiError, error_envelope, success_envelope
 
 log = logging.getLogger("promethios.api")
@@ -41,6 +46,17 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[int, str, str]:
     return 422, "validation_error", "; ".join(parts)
 
 
+def error_response(
+    request: Request, status: int, code: str, message: str, headers: dict | None = None
+) -> JSONResponse:
+    """Every error response: OpenAI's shape under /v1/, the envelope elsewhere."""
+    if request.url.path.startswith("/v1/"):
+        body = openai_error_body(status, code, message)
+    else:
+        body = error_envelope(code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def create_api(max_body_bytes: int = 65536) -> FastAPI:
     """The ingress's HTTP API; services are installed by the ingress replica."""
     api = FastAPI(title="Promethios Native", version=__version__)
@@ -49,38 +65,32 @@ def create_api(max_body_bytes: int = 65536) -> FastAPI:
     async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse(
-                error_envelope("payload_too_large", f"request body over {max_body_bytes} bytes"),
-                status_code=413,
+            return error_response(
+                request, 413, "payload_too_large", f"request body over {max_body_bytes} bytes"
             )
         return await call_next(request)
 
     @api.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_envelope(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
-        )
+        return error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, code, message = _describe(list(exc.errors()))
-        return JSONResponse(error_envelope(code, message), status_code=status)
+        return error_response(request, status, code, message)
 
     @api.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_envelope(code, str(exc.detail)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+        return error_response(
+            request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)
         )
 
     @api.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_envelope("internal_error", "internal error; the incident was logged"),
-            status_code=500,
+        return error_response(
+            request, 500, "internal_error", "internal error; the incident was logged"
         )
 
     @api.get("/native-llm/health")
@@ -102,6 +112,10 @@ def create_api(max_body_bytes: int = 65536) -> FastAPI:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     api.include_router(native_router)
+    api.include_router(openai_router)
+    api.include_router(agents_router)
+    api.include_router(governance_router)
+    api.include_router(bench_router)
     return api
 
 

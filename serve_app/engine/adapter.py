@@ -43,6 +43,16 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class StreamDelta:
+    """New text of a streamed completion, with the counts so far."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model_path: str
     architecture: str
@@ -177,6 +187,27 @@ class EngineAdapter:
             text = out.outputs[0].text if out.outputs else ""
             if len(text) > sent:
                 yield text[sent:]
+                sent = len(text)
+
+    async def stream_deltas(
+        self,
+        messages: list[dict[str, str]],
+        sampling: SamplingRequest,
+        request_id: str | None = None,
+    ) -> AsyncIterator[StreamDelta]:
+        """Text deltas with token counts; the last one carries the finish reason."""
+        prompt, params, n_prompt = self._prepare(messages, sampling)
+        sent = 0
+        async for out in self._engine.generate(prompt, params, request_id or uuid.uuid4().hex):
+            c = out.outputs[0] if out.outputs else None
+            text = c.text if c else ""
+            if len(text) > sent or out.finished:
+                yield StreamDelta(
+                    text=text[sent:],
+                    prompt_tokens=n_prompt,
+                    completion_tokens=len(c.token_ids) if c else 0,
+                    finish_reason=c.finish_reason if c else None,
+                )
                 sent = len(text)
 
     async def check_health(self) -> None:

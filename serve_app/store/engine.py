@@ -104,7 +104,7 @@ def upgrade_to_head(engine: Engine, sqlite_path: Path | None) -> None:
             try:
                 cfg = alembic_config()
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, "heads")
                 conn.commit()
             except BaseException:
                 conn.rollback()

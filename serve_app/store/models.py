@@ -130,6 +130,40 @@ class Deployment(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     deployed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """The first result of a request sent with an Idempotency-Key (response None: in flight)."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class ConversationTurn(Base):
+    """One turn (user or assistant) of a stored conversation with an agent."""
+
+    __tablename__ = "conversation_turns"
+    __table_args__ = (
+        Index("ix_conversation_turns_agent_id_conversation_id", "agent_id", "conversation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    agent_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    message_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 class Interaction(Base):
@@ -158,3 +192,7 @@ class Interaction(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    # The audit chain (store/audit.py): sha256 of this record's canonical content, and
+    # of the agent's previous record.
+    content_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prev_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)

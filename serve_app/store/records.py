@@ -59,6 +59,7 @@ class DeploymentRecord:
     config: dict[str, Any]
     deployed_at: datetime
     retired_at: datetime | None
+    rate_limit: dict[str, Any] | None = None
 
     @property
     def is_active(self) -> bool:

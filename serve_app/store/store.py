@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
 from typing_extensions import Self
 
+from serve_app.store.audit import ChainReport, link_rows, verify_chain
 from serve_app.store.engine import build_engine, upgrade_to_head
+from serve_app.store.lifecycle import LifecycleOps
 from serve_app.store.models import Agent, ApiKey, Deployment, Interaction, User
 from serve_app.store.records import (
     AgentNotFoundError,
@@ -92,10 +94,11 @@ def _deployment_record(row: Deployment) -> DeploymentRecord:
         config=dict(row.config),
         deployed_at=row.deployed_at,
         retired_at=row.retired_at,
+        rate_limit=dict(row.rate_limit) if row.rate_limit else None,
     )
 
 
-class Store:
+class Store(LifecycleOps):
     """Users and API keys, agents, deployments and interactions, in one SQL database."""
 
     def __init__(self, database_url: str, *, create_dirs: bool = True) -> None:
@@ -298,7 +301,11 @@ class Store:
     # -- deployments ----------------------------------------------------------
 
     def create_deployment(
-        self, agent_id: str, user_id: str, config: dict[str, Any]
+        self,
+        agent_id: str,
+        user_id: str,
+        config: dict[str, Any],
+        rate_limit: dict[str, Any] | None = None,
     ) -> DeploymentRecord:
         """Deploy the agent to ``prod-<agent_id>`` and return the new deployment.
 
@@ -338,6 +345,7 @@ class Store:
                 status="deployed",
                 config=_json_copy(config),
                 deployed_at=now,
+                rate_limit=_json_copy(rate_limit) if rate_limit else None,
             )
             session.add(row)
             session.flush()
@@ -381,7 +389,22 @@ class Store:
         table = INTERACTIONS_TABLE
         stmt = self._insert_ignore(table, ["message_id"]).returning(table.c.message_id)
         with self._engine.begin() as conn:
-            return len(conn.execute(stmt, list(rows.values())).all())
+            # Only new rows join the audit chain; links are computed in insertion order.
+            known = set(
+                conn.execute(
+                    select(table.c.message_id).where(table.c.message_id.in_(list(rows)))
+                ).scalars()
+            )
+            new_rows = [r for m, r in rows.items() if m not in known]
+            if not new_rows:
+                return 0
+            link_rows(conn, table, new_rows)
+            return len(conn.execute(stmt, new_rows).all())
+
+    def verify_audit_chain(self, agent_id: str) -> ChainReport:
+        """Recompute the agent's audit chain; the report names the first broken record."""
+        with self._engine.connect() as conn:
+            return verify_chain(conn, INTERACTIONS_TABLE, agent_id)
 
     def count_interactions(self, agent_id: str) -> int:
         """Return the number of stored interactions of the agent."""

@@ -4,21 +4,15 @@ CPU with the embedded model, a real database), plus helpers to call it."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from serve_app.launcher import create_user_key, start_graph
+
 START_TIMEOUT_S = float(os.environ.get("PROMETHIOS_TEST_START_TIMEOUT_S", "600"))
 
 
@@ -34,21 +28,7 @@ class Graph:
 
     def new_user(self, user_id: str) -> str:
         """Create a user with the real CLI; returns its API key (the last line printed)."""
-        out = subprocess.run(
-            [str(BIN / "promethios"), "users", "create", user_id],
-            env={**os.environ, "DATABASE_URL": self.database_url},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return out.stdout.strip().splitlines()[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return create_user_key(self.database_url, user_id)
 
 
 def _database_url(request: pytest.FixtureRequest, tmp: Path) -> str:
@@ -74,52 +54,12 @@ def graph(
     tmp = tmp_path_factory.mktemp("graph")
     from serve_app.model.build import ensure_default_model
 
-    ensure_default_model()  # train (or reuse) the embedded model here, with its progress bar
-    database_url = _database_url(request, tmp)
-    port = _free_port()
-    config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["database_url"] = database_url
-    config_path = tmp / "serve.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = tmp / "serve.log"
-    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
-    env.pop("DATABASE_URL", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "serve"), "run", str(config_path)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    ensure_default_model()  # train (or reuse) the embedded model before Serve starts
+    proc = start_graph(tmp, _database_url(request, tmp), timeout_s=START_TIMEOUT_S)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"serve run exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-                )
-            try:
-                if httpx.get(f"{base_url}/native-llm/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"graph not healthy in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
-                )
-            time.sleep(2)
-        yield Graph(base_url=base_url, database_url=database_url, log_path=log_path)
+        yield Graph(base_url=proc.base_url, database_url=proc.database_url, log_path=proc.log_path)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

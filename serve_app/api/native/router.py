@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from serve_app.api.deps import CurrentUser, ServicesDep, require_same_user
+from serve_app.api.idempotency import idempotent
+from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest, CreateAgentRequest, DeployRequest
 from serve_app.api.native.service import NativeLLMService
 from serve_app.errors import success_envelope
 
 router = APIRouter()
 UserIdQuery = Annotated[str | None, Query()]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def _service(services: ServicesDep) -> NativeLLMService:
@@ -29,17 +32,42 @@ async def model_info(user: CurrentUser, services: ServicesDep) -> dict:
 
 
 @router.post("/native-llm/agent/create")
-async def create_agent(body: CreateAgentRequest, user: CurrentUser, services: ServicesDep) -> dict:
+async def create_agent(
+    body: CreateAgentRequest,
+    user: CurrentUser,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+) -> dict:
     require_same_user(body.user_id, user)
-    return success_envelope(await _service(services).create_agent(user, body.config))
+    data = await idempotent(
+        services.store,
+        user,
+        "agent.create",
+        idempotency_key,
+        body.model_dump(mode="json"),
+        lambda: _service(services).create_agent(user, body.config),
+    )
+    return success_envelope(data)
 
 
 @router.post("/native-llm/agent/{agent_id}/chat")
-async def chat(agent_id: str, body: ChatRequest, user: CurrentUser, services: ServicesDep) -> dict:
+async def chat(
+    agent_id: str,
+    body: ChatRequest,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    services: ServicesDep,
+) -> dict:
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent = await svc.get_agent(agent_id, user)
-    return success_envelope(await svc.chat(agent, body))
+    admission = await admit(services, request, None)
+    data = await svc.chat(agent, body)
+    await settler(services)(admission, data["usage"]["total_tokens"])
+    if admission is not None:
+        response.headers.update(admission.headers())
+    return success_envelope(data)
 
 
 @router.get("/native-llm/agent/{agent_id}/scorecard")
@@ -53,11 +81,25 @@ async def scorecard(
 
 @router.post("/native-llm/agent/{agent_id}/deploy")
 async def deploy(
-    agent_id: str, user: CurrentUser, services: ServicesDep, body: DeployRequest | None = None
+    agent_id: str,
+    user: CurrentUser,
+    services: ServicesDep,
+    body: DeployRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict:
     require_same_user(body.user_id if body else None, user)
     svc = _service(services)
-    return success_envelope(await svc.deploy(await svc.get_agent(agent_id, user)))
+    agent = await svc.get_agent(agent_id, user)
+    rate_limit = body.rate_limit.model_dump() if body and body.rate_limit else None
+    data = await idempotent(
+        services.store,
+        user,
+        f"agent.deploy:{agent_id}",
+        idempotency_key,
+        {"rate_limit": rate_limit},
+        lambda: svc.deploy(agent, rate_limit),
+    )
+    return success_envelope(data)
 
 
 @router.get("/native-llm/agent/{agent_id}/metrics")
@@ -71,9 +113,19 @@ async def metrics(
 
 @router.post("/api/v1/agents/{production_agent_id}/chat")
 async def production_chat(
-    production_agent_id: str, body: ChatRequest, user: CurrentUser, services: ServicesDep
+    production_agent_id: str,
+    body: ChatRequest,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    services: ServicesDep,
 ) -> dict:
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent, deployment = await svc.production_target(production_agent_id, user)
-    return success_envelope(await svc.chat(agent, body, deployment))
+    admission = await admit(services, request, deployment)
+    data = await svc.chat(agent, body, deployment)
+    await settler(services)(admission, data["usage"]["total_tokens"])
+    if admission is not None:
+        response.headers.update(admission.headers())
+    return success_envelope(data)

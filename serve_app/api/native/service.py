@@ -9,7 +9,8 @@ from typing import Any
 
 from serve_app.api.deps import Services
 from serve_app.api.native.protocol import AgentConfig, ChatRequest
-from serve_app.errors import BadRequest, NotFound, PayloadTooLarge
+from serve_app.conversations import budget_chars, history_within, turns_of
+from serve_app.errors import BadRequest, Gone, NotFound, PayloadTooLarge
 from serve_app.governed_chat import ChatResult, GovernedChat
 from serve_app.store.records import AgentRecord, AgentStats, DeploymentRecord
 
@@ -125,6 +126,15 @@ class NativeLLMService:
             if body.temperature is not None
             else agent.config.get("temperature", 0.7)
         )
+        history = None
+        if body.conversation_id:
+            turns = await asyncio.to_thread(
+                self.s.store.conversation, agent.agent_id, agent.user_id, body.conversation_id
+            )
+            budget = budget_chars(
+                limit, max_tokens, body.message, agent.config.get("system_prompt")
+            )
+            history = history_within(turns, budget)
         result = await self.chat_runner.run(
             agent,
             body.message,
@@ -132,8 +142,16 @@ class NativeLLMService:
             temperature=float(temperature),
             channel="production" if deployment else "agent",
             deployment_id=deployment.deployment_id if deployment else None,
+            history=history,
         )
-        return self._chat_payload(agent, result, deployment)
+        data = self._chat_payload(agent, result, deployment)
+        if body.conversation_id:
+            await asyncio.to_thread(
+                self.s.store.add_turns, turns_of(agent, body.conversation_id, result)
+            )
+            data["conversation_id"] = body.conversation_id
+            data["history_turns"] = len(history or [])
+        return data
 
     def _chat_payload(
         self, agent: AgentRecord, r: ChatResult, deployment: DeploymentRecord | None
@@ -236,19 +254,32 @@ class NativeLLMService:
             "governance_status": self._governance_flags(),
         }
 
-    async def deploy(self, agent: AgentRecord) -> dict[str, Any]:
+    async def deploy(
+        self, agent: AgentRecord, rate_limit: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        rate_limit = {k: v for k, v in (rate_limit or {}).items() if v is not None} or None
         dep = await asyncio.to_thread(
-            self.s.store.create_deployment, agent.agent_id, agent.user_id, dict(agent.config)
+            self.s.store.create_deployment,
+            agent.agent_id,
+            agent.user_id,
+            dict(agent.config),
+            rate_limit,
         )
+        return self.deployment_payload(dep)
+
+    def deployment_payload(self, dep: DeploymentRecord) -> dict[str, Any]:
+        """A deployment as deploy and undeploy report it; `features` says what is configured."""
         return {
             "deployment_id": dep.deployment_id,
             "production_agent_id": dep.production_agent_id,
             "deployment_url": dep.deployment_url,
             "status": dep.status,
             "deployed_at": iso(dep.deployed_at),
+            "retired_at": iso(dep.retired_at),
+            "rate_limit": dep.rate_limit,
             "features": {
                 "load_balancing": self.s.info.llm_max_replicas > 1,
-                "rate_limiting": False,
+                "rate_limiting": bool(dep.rate_limit) and self.s.limiter is not None,
                 "monitoring": True,
                 "sla_guarantees": False,
             },
@@ -257,6 +288,9 @@ class NativeLLMService:
     async def production_target(self, production_agent_id: str, user: str):
         dep = await asyncio.to_thread(self.s.store.get_active_deployment, production_agent_id)
         if dep is None or dep.user_id != user:
+            last = await asyncio.to_thread(self.s.store.latest_deployment, production_agent_id)
+            if last is not None and last.user_id == user and not last.is_active:
+                raise Gone(f"production agent {production_agent_id!r} was undeployed")
             raise NotFound(f"production agent {production_agent_id!r} not found")
         agent = await self.get_agent(dep.agent_id, user)
         return dataclasses.replace(agent, config=dict(dep.config)), dep
