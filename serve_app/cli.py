@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from serve_app.cli_client import agents_app, chat
+
 if TYPE_CHECKING:
     from serve_app.store import Store
 
@@ -24,6 +26,8 @@ app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(agents_app, name="agents")
+app.command("chat")(chat)
 
 
 def _database_url() -> str:

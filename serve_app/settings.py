@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     )
     stream_check_every: int = Field(default=24, validation_alias="PROMETHIOS_STREAM_CHECK_CHARS")
     stream_hold_back: int = Field(default=32, validation_alias="PROMETHIOS_STREAM_HOLD_BACK_CHARS")
+    api_url: str = Field(default="http://127.0.0.1:8002", validation_alias="PROMETHIOS_API_URL")
+    api_key: str | None = Field(default=None, validation_alias="PROMETHIOS_API_KEY")
     debug: bool = Field(
         default=False, validation_alias=AliasChoices("PROMETHIOS_DEBUG", "NATIVE_LLM_DEBUG")
     )
