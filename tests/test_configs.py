@@ -25,7 +25,7 @@ def test_serve_config_validates(name: str) -> None:
     assert app.import_path == "serve_app.app:build_app"
     AppConfig.model_validate(app.args)
     names = {d.name for d in app.deployments}
-    assert names == {"Ingress", "LLMServer", "GovernanceScorer", "MetricsWriter"}
+    assert names == {"Ingress", "LLMServer", "GovernanceScorer", "MetricsWriter", "RateLimiter"}
 
 
 def test_local_config_serves_on_the_seed_port() -> None:
