@@ -31,3 +31,17 @@ def test_serve_config_validates(name: str) -> None:
 def test_local_config_serves_on_the_seed_port() -> None:
     raw = yaml.safe_load((CONFIGS / "local.yaml").read_text())
     assert raw["http_options"] == {"host": "127.0.0.1", "port": 8002}
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_stateless_deployments_autoscale_and_stateful_ones_stay_single(name: str) -> None:
+    app = yaml.safe_load((CONFIGS / name).read_text())["applications"][0]
+    deps = {d["name"]: d for d in app["deployments"]}
+    for dep in ("Ingress", "LLMServer", "GovernanceScorer"):
+        auto = deps[dep]["autoscaling_config"]
+        assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
+        assert auto["target_ongoing_requests"] <= deps[dep]["max_ongoing_requests"]
+        assert {"upscale_delay_s", "downscale_delay_s"} <= set(auto)
+        assert "num_replicas" not in deps[dep]
+    for dep in ("MetricsWriter", "RateLimiter"):
+        assert deps[dep]["num_replicas"] == 1 and "autoscaling_config" not in deps[dep]
