@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
@@ -14,6 +14,8 @@ from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.governance.policy import PolicySet
 from serve_app.settings import Settings
 from serve_app.store import Store
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +40,14 @@ class Services:
     bench_enabled: bool = False
     limiter: Any = None  # serve_app.api.limits.RateLimits, installed by the ingress
     _key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _resources: dict[type, Any] = field(default_factory=dict)
+
+    def service(self, cls: type[T]) -> T:
+        """The resource service `cls(self)` of these services, made on first use."""
+        svc = self._resources.get(cls)
+        if svc is None:
+            svc = self._resources[cls] = cls(self)  # type: ignore[call-arg]
+        return svc
 
     async def user_for_key(self, key: str) -> str | None:
         """The user a key belongs to (cached for 10 s to keep the DB off the hot path)."""

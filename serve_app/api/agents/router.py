@@ -15,11 +15,7 @@ router = APIRouter(prefix="/native-llm")
 
 
 def _service(services: ServicesDep) -> AgentLifecycleService:
-    svc = getattr(services, "_lifecycle", None)
-    if svc is None:
-        svc = AgentLifecycleService(services)
-        services._lifecycle = svc  # type: ignore[attr-defined]
-    return svc
+    return services.service(AgentLifecycleService)
 
 
 @router.get("/agents")

@@ -13,11 +13,7 @@ router = APIRouter(prefix="/native-llm")
 
 
 def _service(services: ServicesDep) -> GovernanceService:
-    svc = getattr(services, "_governance", None)
-    if svc is None:
-        svc = GovernanceService(services)
-        services._governance = svc  # type: ignore[attr-defined]
-    return svc
+    return services.service(GovernanceService)
 
 
 @router.post("/governance/evaluate")

@@ -19,11 +19,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def _service(services: ServicesDep) -> NativeLLMService:
-    svc = getattr(services, "_native", None)
-    if svc is None:
-        svc = NativeLLMService(services)
-        services._native = svc  # type: ignore[attr-defined]
-    return svc
+    return services.service(NativeLLMService)
 
 
 @router.get("/native-llm/model/info")

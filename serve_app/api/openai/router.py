@@ -17,11 +17,7 @@ router = APIRouter(prefix="/v1")
 
 
 def _service(services: ServicesDep) -> OpenAIService:
-    svc = getattr(services, "_openai", None)
-    if svc is None:
-        svc = OpenAIService(services)
-        services._openai = svc  # type: ignore[attr-defined]
-    return svc
+    return services.service(OpenAIService)
 
 
 @router.get("/models")
