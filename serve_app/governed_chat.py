@@ -72,6 +72,16 @@ def build_messages(
     return messages
 
 
+def governance_settings(agent: AgentRecord) -> tuple[str, float, str | None]:
+    """The agent's compliance mode, trust threshold and policy name, with their defaults."""
+    config = agent.config
+    return (
+        config.get("compliance_mode", "standard"),
+        float(config.get("trust_threshold", 0.0)),
+        config.get("policy"),
+    )
+
+
 class GovernedChat:
     """Runs governed exchanges for agents through the backends."""
 
@@ -96,9 +106,7 @@ class GovernedChat:
         """
         started = time.perf_counter()
         message_id = f"msg-{uuid.uuid4().hex[:16]}"
-        mode = agent.config.get("compliance_mode", "standard")
-        threshold = float(agent.config.get("trust_threshold", 0.0))
-        policy = agent.config.get("policy")
+        mode, threshold, policy = governance_settings(agent)
         verdicts: list[Verdict] = []
         gen = None
         try:
@@ -193,9 +201,7 @@ class GovernedChat:
         """
         started = time.perf_counter()
         message_id = f"msg-{uuid.uuid4().hex[:16]}"
-        mode = agent.config.get("compliance_mode", "standard")
-        threshold = float(agent.config.get("trust_threshold", 0.0))
-        policy = agent.config.get("policy")
+        mode, threshold, policy = governance_settings(agent)
         verdicts: list[Verdict] = []
         pieces: list[str] = []
         counts = [0, 0]

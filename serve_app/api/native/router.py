@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from serve_app.api.deps import CurrentUser, ServicesDep, require_same_user
+from serve_app.api.deps import CurrentUser, Services, ServicesDep, require_same_user
 from serve_app.api.idempotency import idempotent
 from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest, CreateAgentRequest, DeployRequest
 from serve_app.api.native.service import NativeLLMService
 from serve_app.errors import success_envelope
+from serve_app.store.records import AgentRecord, DeploymentRecord
 
 router = APIRouter()
 UserIdQuery = Annotated[str | None, Query()]
@@ -46,6 +47,23 @@ async def create_agent(
     return success_envelope(data)
 
 
+async def _limited_chat(
+    services: Services,
+    request: Request,
+    response: Response,
+    agent: AgentRecord,
+    body: ChatRequest,
+    deployment: DeploymentRecord | None,
+) -> dict:
+    """A governed chat under the key's (and deployment's) rate limits, limit headers set."""
+    admission = await admit(services, request, deployment)
+    data = await _service(services).chat(agent, body, deployment)
+    await settler(services)(admission, data["usage"]["total_tokens"])
+    if admission is not None:
+        response.headers.update(admission.headers())
+    return success_envelope(data)
+
+
 @router.post("/native-llm/agent/{agent_id}/chat")
 async def chat(
     agent_id: str,
@@ -58,12 +76,7 @@ async def chat(
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent = await svc.get_agent(agent_id, user)
-    admission = await admit(services, request, None)
-    data = await svc.chat(agent, body)
-    await settler(services)(admission, data["usage"]["total_tokens"])
-    if admission is not None:
-        response.headers.update(admission.headers())
-    return success_envelope(data)
+    return await _limited_chat(services, request, response, agent, body, None)
 
 
 @router.get("/native-llm/agent/{agent_id}/scorecard")
@@ -119,9 +132,4 @@ async def production_chat(
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent, deployment = await svc.production_target(production_agent_id, user)
-    admission = await admit(services, request, deployment)
-    data = await svc.chat(agent, body, deployment)
-    await settler(services)(admission, data["usage"]["total_tokens"])
-    if admission is not None:
-        response.headers.update(admission.headers())
-    return success_envelope(data)
+    return await _limited_chat(services, request, response, agent, body, deployment)
