@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,9 +26,11 @@ from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import default_semantic  # noqa: E402
 
 
-def evaluate(split: str) -> dict:
+def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
     scorer = GovernanceScorer(PolicySet.load(), default_semantic())
     items = [i for i in load_items() if i.split == split]
+    if restrict_to is not None:  # e.g. the items an earlier version of the dataset had
+        items = [i for i in items if i.text in restrict_to]
     tp: Counter[str] = Counter()
     fp: Counter[str] = Counter()
     fn: Counter[str] = Counter()
@@ -79,33 +80,29 @@ def evaluate(split: str) -> dict:
     }
 
 
-def latency(n: int = 200) -> dict:
-    """Input + output scoring of one request (messages under 1,000 characters), in-process."""
-    scorer = GovernanceScorer(PolicySet.load(), default_semantic())
-    items = [i for i in load_items() if len(i.text) < 1000][:n]
-    for i in items[:10]:
-        scorer.evaluate(i.text, "input", "standard")
-    times = []
-    for i in items:
-        start = time.perf_counter()
-        scorer.evaluate(i.text, "input", "standard")
-        scorer.evaluate(i.text, "output", "standard")
-        times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return {
-        "requests": len(times),
-        "median_ms": round(statistics.median(times), 2),
-        "p95_ms": round(times[int(0.95 * len(times)) - 1], 2),
-        "what": "input + output evaluation, one request at a time, 1 torch thread",
-    }
+def latency() -> dict:
+    """Input + output scoring of one request (messages under 1,000 characters), in-process:
+    the same measurement as bench/governance_cost.py (distinct input and output texts)."""
+    from bench.governance_cost import measure
+
+    return measure(requests=200, repeats=1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="test", choices=["train", "dev", "test"])
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--only-texts",
+        type=Path,
+        help="a JSON list of item texts: evaluate only the split's items among them",
+    )
+    ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args()
-    result = {"quality": evaluate(args.split), "latency": latency()}
+    only = set(json.loads(args.only_texts.read_text())) if args.only_texts else None
+    result: dict = {"quality": evaluate(args.split, only)}
+    if not args.no_latency:
+        result["latency"] = latency()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

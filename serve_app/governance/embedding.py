@@ -3,17 +3,30 @@
 Loaded from site-packages with HF_HUB_OFFLINE=1: nothing is downloaded. Mean pooling
 over the last hidden state, L2-normalised (what sentence-transformers does for this
 model), on the CPU.
+
+Cost (this is on the request path, twice per request): the encoder's linear layers are
+quantized to int8 (dynamic, per-channel weights; about 3x faster on a 2-core CPU and
+cosine ~0.99 to the fp32 embedding; the classifier is trained on the same int8
+embeddings, so train and serve see one model), the encoder is traced with TorchScript
+and frozen (no Python per layer: ~40 % less time per call for short texts; checked
+against the eager model at load, eager is kept if they differ), texts are cut at
+`max_tokens`, and the embeddings of recently seen texts are kept in a small LRU cache
+(a repeated prompt, a retried request, the same text screened by two agents).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 EMBED_DIM = 384
+log = logging.getLogger("promethios.governance.embedding")
 
 
 def model_dir() -> Path:
@@ -23,15 +36,85 @@ def model_dir() -> Path:
     return Path(get_model_path())
 
 
-class Embedder:
-    """Embeds texts in batches; thread-safe; the model loads on first use."""
+def _quantize_int8(model):  # noqa: ANN001, ANN202 - torch types are imported lazily
+    """Dynamic int8 quantization of every nn.Linear (per-channel weights)."""
+    import torch
 
-    def __init__(self, max_tokens: int = 256, threads: int = 1) -> None:
+    with warnings.catch_warnings():  # torch.ao.quantization warns that it is deprecated
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
+
+
+def _trace(model, tokenizer):  # noqa: ANN001, ANN202
+    """The model traced and frozen, or None when tracing fails or changes the output."""
+    import torch
+
+    probe = ["warm up", "a longer probe sentence, with punctuation, to check the trace."]
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            ex = tokenizer(probe[:1], return_tensors="pt")
+            traced = torch.jit.trace(
+                model, (ex["input_ids"], ex["attention_mask"]), strict=False, check_trace=False
+            )
+            traced = torch.jit.freeze(traced.eval())
+            for batch in (probe[1:], probe):  # another length; a padded batch
+                enc = tokenizer(batch, padding=True, return_tensors="pt")
+                want = model(**enc).last_hidden_state
+                got = traced(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
+                if want.shape != got.shape or float((want - got).abs().max()) > 1e-4:
+                    log.warning("traced encoder differs from eager; using eager")
+                    return None
+            return traced
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: eager still works
+        log.warning("encoder tracing failed (%s); using eager", exc)
+        return None
+
+
+class Embedder:
+    """Embeds texts in batches; thread-safe; the model loads on first use.
+
+    `quantize`: int8 linear layers (falls back to fp32, with a warning, where this torch
+    build cannot quantize). `cache_size`: how many texts' embeddings to remember (0: none).
+    """
+
+    def __init__(
+        self,
+        max_tokens: int = 256,
+        threads: int = 1,
+        quantize: bool = True,
+        cache_size: int = 2048,
+        trace: bool = True,
+    ) -> None:
         self.max_tokens = max_tokens
         self.threads = threads
+        self.quantize = quantize
+        self.trace = trace
+        self.cache_size = cache_size
         self._lock = threading.Lock()
         self._model = None
+        self._traced = None
         self._tokenizer = None
+        self._quantized = False
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def variant(self) -> str:
+        """What the embeddings depend on (a classifier trained on them is keyed by it).
+
+        Loads the model: whether quantization took is known only then."""
+        self.load()
+        kind = "int8-pc" if self._quantized else "fp32"
+        return f"all-MiniLM-L6-v2|{kind}|{self.max_tokens}|one-at-a-time"
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is None:
+                self._load()
 
     def _load(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,10 +128,30 @@ class Embedder:
         torch.set_num_threads(self.threads)
         path = str(model_dir())
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval()
+        model = AutoModel.from_pretrained(path).eval()
+        self._quantized = False
+        if self.quantize:
+            try:
+                model = _quantize_int8(model)
+                self._quantized = True
+            except (RuntimeError, AttributeError, ImportError) as exc:  # no quantized engine
+                log.warning("int8 quantization unavailable (%s); embedding in fp32", exc)
+        self._model = model
+        self._traced = _trace(model, self._tokenizer) if self.trace else None
 
-    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Unit-length embeddings, one row per text (float32, EMBED_DIM columns)."""
+    def _hidden(self, enc):  # noqa: ANN001, ANN202
+        if self._traced is not None:
+            return self._traced(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
+        assert self._model is not None
+        return self._model(**enc).last_hidden_state
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length embeddings, one row per text (float32, EMBED_DIM columns).
+
+        Texts are encoded one at a time: with dynamic int8 quantization the activation
+        scale is computed over the whole input, so a padded batch would make a text's
+        embedding depend on its batch neighbours (train/serve skew). One at a time it is
+        a function of the text alone, and there is no padding to compute."""
         import torch
 
         with self._lock:
@@ -56,21 +159,42 @@ class Embedder:
                 self._load()
             assert self._model is not None and self._tokenizer is not None
             out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
-            # Similar lengths together: less padding.
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            todo: dict[str, list[int]] = {}
+            for i, text in enumerate(texts):
+                hit = self._cache.get(text) if self.cache_size else None
+                if hit is not None:
+                    self._cache.move_to_end(text)
+                    out[i] = hit
+                else:
+                    todo.setdefault(text, []).append(i)
             with torch.inference_mode():
-                for b in range(0, len(order), batch_size):
-                    idx = order[b : b + batch_size]
-                    enc = self._tokenizer(
-                        [texts[i] or " " for i in idx],
-                        padding=True,
-                        truncation=True,
-                        max_length=self.max_tokens,
-                        return_tensors="pt",
-                    )
-                    hidden = self._model(**enc).last_hidden_state
-                    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                    out[idx] = pooled.numpy()
+                for text, rows in todo.items():
+                    hidden = self._hidden(self._encode(text))
+                    pooled = torch.nn.functional.normalize(hidden.mean(1), dim=-1)
+                    row = pooled[0].numpy()
+                    out[rows] = row
+                    self._remember(text, row)
             return out
+
+    def _encode(self, text: str) -> dict:
+        """Token ids and attention mask of one text, straight from the Rust tokenizer (a
+        third of the wrapper's time), cut at max_tokens keeping [CLS] ... [SEP]."""
+        import torch
+
+        assert self._tokenizer is not None
+        ids = self._tokenizer.backend_tokenizer.encode(text or " ").ids
+        if len(ids) > self.max_tokens:
+            ids = ids[: self.max_tokens - 1] + ids[-1:]
+        t = torch.tensor([ids])
+        return {"input_ids": t, "attention_mask": torch.ones_like(t)}
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _remember(self, text: str, row: np.ndarray) -> None:
+        if not self.cache_size:
+            return
+        self._cache[text] = row.copy()
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

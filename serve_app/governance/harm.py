@@ -1,14 +1,19 @@
 """The harmful-content classifier: multinomial logistic regression over MiniLM embeddings.
 
-Trained (numpy, a few seconds) on the train split of the shipped dataset, its decision
-threshold tuned on the dev split to keep benign false positives low; the weights are
-cached under var/governance/ keyed by the dataset's hash. Classes: the 14 MLCommons
-hazards, prompt injection, and benign (which includes risky-sounding benign prompts,
-the over-refusal guard).
+Trained (numpy, a few seconds) on the train and dev splits of the shipped dataset (never
+test). The decision threshold is chosen from out-of-fold predictions: a grouped k-fold
+cross-validation over the same items (a seed's framings stay in one fold) gives every
+item a score from a model that did not see its seed; the threshold is the lowest whose
+out-of-fold false-positive rate on the shipped benign items is within budget. The final
+weights are fitted on all of train + dev. Cached under var/governance/ keyed by the
+training data itself, the embedding variant and the hyper-parameters. Classes: the 14
+MLCommons hazards, prompt injection, and benign (which includes risky-sounding benign
+prompts, the over-refusal guard).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -17,14 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.governance.dataset import dataset_hash, load_items
+from serve_app.governance.dataset import load_items
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
 
 log = logging.getLogger("promethios.governance.harm")
-FORMAT = 1
-MAX_BENIGN_FPR_DEV = 0.06
+FORMAT = 2
+# Out-of-fold false positives allowed on shipped benign items, chosen on dev: a model
+# fitted on train, its threshold from train-only folds at this budget, gave a dev benign
+# FPR of 0.9 % at 0.04, 2.3 % at 0.05 and 4.6 % at 0.06 (target: 3 % on test).
+MAX_BENIGN_FPR_OOF = 0.05
+CV_FOLDS = 5
 SCALE = 5.0  # embeddings are unit length; a larger input scale lets the model be sharper
+L2 = 1e-3
+STEPS = 800
+BENIGN_WEIGHT = True  # benign weighs as much as all harmful classes together
 CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training only)
 
 
@@ -108,30 +120,30 @@ class HarmClassifier:
 
     @classmethod
     def train(cls, embedder: Embedder) -> HarmClassifier:
-        items = [i for i in load_items() if i.split in ("train", "dev")]
-        texts = [i.text for i in items] + _corpus_benign()
+        items = _training_items()
+        corpus = _corpus_benign()
+        texts = [i.text for i in items] + corpus
         labels = [i.label if i.label in CLASSES else BENIGN for i in items]
-        labels += [BENIGN] * (len(texts) - len(items))
+        labels += [BENIGN] * len(corpus)
+        groups = [i.group for i in items] + [f"corpus:{t}" for t in corpus]
         x = embedder.embed(texts).astype(np.float64)
         y = np.array([CLASSES.index(lab) for lab in labels])
-        train = np.array([i.split == "train" for i in items] + [True] * (len(texts) - len(items)))
+        shipped_benign = np.array([i.label == BENIGN for i in items] + [False] * len(corpus))
         benign = CLASSES.index(BENIGN)
-        w, b = train_logreg(SCALE * x[train], y[train], len(CLASSES), benign=benign)
-        threshold = _tune_threshold(cls(w, b, 0.0), x[~train], y[~train])
-        log.info("harm classifier trained on %d items; threshold %.2f", train.sum(), threshold)
+        fold = np.array([_fold_of(g) for g in groups])
+        oof = np.zeros((len(y), len(CLASSES)))
+        for k in range(CV_FOLDS):
+            w, b = _fit(x[fold != k], y[fold != k], benign)
+            oof[fold == k] = cls(w, b, 0.0).probabilities(x[fold == k])
+        threshold = _tune_threshold(1.0 - oof[shipped_benign, benign])
+        w, b = _fit(x, y, benign)
+        log.info("harm classifier trained on %d items; threshold %.3f", len(y), threshold)
         return cls(w, b, threshold)
 
     @classmethod
     def load_or_train(cls, cache_dir: Path, embedder: Embedder) -> HarmClassifier:
         """The cached classifier for this dataset, training (and caching) it if absent."""
-        import hashlib
-
-        from serve_app.model.corpus import CORPUS_PATH
-
-        key = hashlib.sha256(
-            f"{dataset_hash()}|{SCALE}|{CORPUS_BENIGN}|{MAX_BENIGN_FPR_DEV}".encode()
-            + CORPUS_PATH.read_bytes()
-        ).hexdigest()[:16]
+        key = cache_key(embedder)
         path = cache_dir / f"harm-v{FORMAT}-{key}.npz"
         if path.exists():
             try:
@@ -167,13 +179,40 @@ def _corpus_benign() -> list[str]:
     return ordered[:CORPUS_BENIGN]
 
 
-def _tune_threshold(model: HarmClassifier, x: np.ndarray, y: np.ndarray) -> float:
-    """The lowest threshold whose dev benign false-positive rate is within budget."""
-    benign = CLASSES.index(BENIGN)
-    top = 1.0 - model.probabilities(x)[:, benign]
-    is_benign = y == benign
-    for t in np.arange(0.30, 0.96, 0.01):
-        fpr = float((top[is_benign] >= t).mean()) if is_benign.any() else 0.0
-        if fpr <= MAX_BENIGN_FPR_DEV:
-            return round(float(t), 2)
-    return 0.95
+def _training_items() -> list:
+    return [i for i in load_items() if i.split in ("train", "dev")]
+
+
+def _fold_of(group: str) -> int:
+    return int(hashlib.sha256(f"fold:{group}".encode()).hexdigest()[:8], 16) % CV_FOLDS
+
+
+def _fit(x: np.ndarray, y: np.ndarray, benign: int) -> tuple[np.ndarray, np.ndarray]:
+    return train_logreg(
+        SCALE * x, y, len(CLASSES), l2=L2, steps=STEPS, benign=benign if BENIGN_WEIGHT else None
+    )
+
+
+def cache_key(embedder: Embedder) -> str:
+    """Changes with the training items (texts, labels, splits), the chat corpus, the
+    embedding variant and every hyper-parameter: a stale classifier is never loaded."""
+    from serve_app.model.corpus import CORPUS_PATH
+
+    h = hashlib.sha256()
+    for item in _training_items():
+        h.update(f"{item.label}\t{item.split}\t{item.group}\t{item.text}\n".encode())
+    h.update(CORPUS_PATH.read_bytes())
+    h.update(embedder.variant.encode())
+    params = (SCALE, L2, STEPS, BENIGN_WEIGHT, CV_FOLDS, MAX_BENIGN_FPR_OOF, CORPUS_BENIGN)
+    h.update(repr(params).encode())
+    return h.hexdigest()[:16]
+
+
+def _tune_threshold(benign_harm: np.ndarray) -> float:
+    """The lowest threshold on the harmful mass whose false-positive rate on the
+    (out-of-fold) benign scores `benign_harm` is within MAX_BENIGN_FPR_OOF."""
+    for t in np.arange(0.30, 0.995, 0.005):
+        fpr = float((benign_harm >= t).mean()) if len(benign_harm) else 0.0
+        if fpr <= MAX_BENIGN_FPR_OOF:
+            return round(float(t), 3)
+    return 0.995

@@ -18,8 +18,13 @@ from serve_app.governance.findings import Finding
 
 
 def detect_phone(text: str, region: str = "US") -> Iterator[Finding]:
-    """Phone numbers that libphonenumber finds valid (international ones in + form)."""
+    """Phone numbers that libphonenumber finds valid (international ones in + form),
+    not digits glued to an identifier (`INV-2024-000123`, `build/4155550132`)."""
     for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+        before = text[m.start - 1] if m.start > 0 else " "
+        after = text[m.end] if m.end < len(text) else " "
+        if before.isalnum() or before in "-_/#@." or after.isalnum() or after in "-_/@":
+            continue
         yield Finding("phone", m.start, m.end, "PHONE")
 
 
@@ -106,9 +111,7 @@ def _looks_secret(value: str) -> bool:
     """A password-ish value: not a placeholder, and not a plain dictionary word."""
     if _PLACEHOLDERS.match(value) or value.startswith("[REDACTED"):
         return False
-    classes = sum(
-        bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]")
-    )
+    classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
     return classes >= 2 or len(value) >= 12
 
 

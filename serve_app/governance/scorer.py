@@ -163,9 +163,7 @@ class GovernanceScorer:
         )
 
 
-def _findings(
-    detector: str, text: str, classification: Classification | None
-) -> Iterator[Finding]:
+def _findings(detector: str, text: str, classification: Classification | None) -> Iterator[Finding]:
     """A rule detector's spans, or the whole text when the classifier flags its class."""
     if detector in DETECTORS:
         yield from DETECTORS[detector](text)

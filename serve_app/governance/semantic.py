@@ -21,9 +21,9 @@ class SemanticModel:
         self.classifier = classifier
 
     @classmethod
-    def load(cls, var_dir: Path, threads: int = 1) -> SemanticModel:
+    def load(cls, var_dir: Path, threads: int = 1, quantize: bool = True) -> SemanticModel:
         """Load the embedding model and the cached classifier (trained here on first use)."""
-        embedder = Embedder(threads=threads)
+        embedder = Embedder(threads=threads, quantize=quantize)
         classifier = HarmClassifier.load_or_train(Path(var_dir) / "governance", embedder)
         return cls(embedder, classifier)
 
