@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(EXTRA)
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install model run browser test test-fast bench clean
+.PHONY: install model run browser test test-fast bench bench-autoscale bench-wrapped clean
 
 install: $(STAMP)
 
@@ -47,3 +47,11 @@ clean:
 
 bench: install model
 	$(PY) bench/run.py
+
+# Replica counts per deployment while the load rises and falls (bench/results/autoscale.json).
+bench-autoscale: install model
+	$(PY) bench/autoscale.py
+
+# Native against wrapped agents over the same model, in one run (bench/results/native_vs_wrapped.json).
+bench-wrapped: install model
+	$(PY) bench/native_vs_wrapped.py

@@ -13,9 +13,7 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +26,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve_app.launcher import create_user_key, free_port, start_graph  # noqa: E402
+from serve_app.launcher import create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
+from serve_app.vllm_server import start_vllm_server  # noqa: E402
 from tests.support.postgres import start_throwaway_postgres  # noqa: E402
 
 PROMPTS = [
@@ -112,39 +111,22 @@ def run_levels(url, headers, body_for, tokens_of, duration_s) -> dict[str, Any]:
 
 
 def bench_peer(model_dir: Path, max_tokens: int, duration_s: float, log: Path) -> dict[str, Any]:
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--port", str(port), "--host", "127.0.0.1", "--max-model-len", "512",
-           "--dtype", "float32", "--served-model-name", "peer", "--max-num-seqs", "64"]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+    server = start_vllm_server(model_dir, log)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=3).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("vLLM server not ready in 300 s")
-            time.sleep(1)
         return run_levels(
-            f"http://127.0.0.1:{port}/v1/chat/completions", {},
-            lambda m: {"model": "peer", "messages": [{"role": "user", "content": m}],
-                       "max_tokens": max_tokens, "temperature": 0.0},
-            lambda j: j["usage"]["completion_tokens"], duration_s,
+            f"{server.base_url}/chat/completions",
+            {},
+            lambda m: {
+                "model": server.model,
+                "messages": [{"role": "user", "content": m}],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+            },
+            lambda j: j["usage"]["completion_tokens"],
+            duration_s,
         )
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()
 
 
 def main() -> int:
@@ -173,9 +155,17 @@ def main() -> int:
             key = create_user_key(pg_url, "bench")
             headers = {"Authorization": f"Bearer {key}"}
             agent = httpx.post(
-                f"{graph.base_url}/native-llm/agent/create", headers=headers, timeout=60,
-                json={"config": {"name": "bench", "max_tokens": args.max_tokens,
-                                 "temperature": 0.0, "compliance_mode": "standard"}},
+                f"{graph.base_url}/native-llm/agent/create",
+                headers=headers,
+                timeout=60,
+                json={
+                    "config": {
+                        "name": "bench",
+                        "max_tokens": args.max_tokens,
+                        "temperature": 0.0,
+                        "compliance_mode": "standard",
+                    }
+                },
             ).json()["data"]["agent_id"]
 
             def body(m: str) -> dict:
@@ -185,13 +175,27 @@ def main() -> int:
                 return int(j["data"]["usage"]["completion_tokens"])
 
             print("governed", flush=True)
-            governed = run_levels(f"{graph.base_url}/native-llm/agent/{agent}/chat", headers,
-                                  body, toks, args.duration)
+            governed = run_levels(
+                f"{graph.base_url}/native-llm/agent/{agent}/chat",
+                headers,
+                body,
+                toks,
+                args.duration,
+            )
             print("ungoverned (bench-only route)", flush=True)
-            ungoverned = run_levels(f"{graph.base_url}/bench/ungoverned/{agent}/chat", headers,
-                                    body, toks, args.duration)
-            writer = httpx.post(f"{graph.base_url}/bench/writer", headers=headers, timeout=300,
-                                params={"n": args.writer_records}).json()["data"]
+            ungoverned = run_levels(
+                f"{graph.base_url}/bench/ungoverned/{agent}/chat",
+                headers,
+                body,
+                toks,
+                args.duration,
+            )
+            writer = httpx.post(
+                f"{graph.base_url}/bench/writer",
+                headers=headers,
+                timeout=300,
+                params={"n": args.writer_records},
+            ).json()["data"]
             print(f"writer: {writer}", flush=True)
         finally:
             graph.stop()
@@ -218,12 +222,20 @@ def main() -> int:
             "p50_c1_governed_over_peer": _ratio(governed["1"]["p50_ms"], peer["1"]["p50_ms"]),
         },
         "levels": {"governed": governed, "ungoverned": ungoverned, "peer_vllm": peer},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "config": {"serve_config": "configs/local.yaml", "model": str(model_dir),
-                   "model_params": info.get("param_count"), "max_tokens": args.max_tokens,
-                   "temperature": 0.0, "seconds_per_level": args.duration,
-                   "database": "postgresql 15 (throwaway)"},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "config": {
+            "serve_config": "configs/local.yaml",
+            "model": str(model_dir),
+            "model_params": info.get("param_count"),
+            "max_tokens": args.max_tokens,
+            "temperature": 0.0,
+            "seconds_per_level": args.duration,
+            "database": "postgresql 15 (throwaway)",
+        },
         "measured_at": datetime.now(timezone.utc).isoformat(),
         "bench_seconds": round(time.monotonic() - t_start, 1),
     }

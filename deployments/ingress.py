@@ -25,10 +25,17 @@ api = install_observability(create_api(get_settings().max_body_bytes))
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
-    """Serves the HTTP API; holds handles to the LLM, the scorer and the metrics writer."""
+    """Serves the HTTP API; holds handles to the LLM, the scorer, the metrics writer, the
+    rate limiter and the upstream caller (wrapped agents)."""
 
     def __init__(
-        self, llm: Any, scorer: Any, writer: Any, options: dict[str, Any], limiter: Any = None
+        self,
+        llm: Any,
+        scorer: Any,
+        writer: Any,
+        options: dict[str, Any],
+        limiter: Any = None,
+        upstream: Any = None,
     ) -> None:
         settings = get_settings()
         logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
@@ -40,7 +47,8 @@ class Ingress:
             Services(
                 store=store,
                 backends=InstrumentedBackends(
-                    RayBackends(llm, scorer, writer, timeout_s=settings.request_timeout_s), hub
+                    RayBackends(llm, scorer, writer, settings.request_timeout_s, upstream=upstream),
+                    hub,
                 ),
                 settings=settings,
                 policies=PolicySet.load(options.get("policy_file") or DEFAULT_POLICY_FILE),

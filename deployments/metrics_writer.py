@@ -9,7 +9,8 @@ from ray import serve
 
 from serve_app.observability.logs import configure_from_settings
 from serve_app.observability.metrics import MetricsAggregate, MetricsDelta
-from serve_app.recording import InteractionRecorder
+from serve_app.recording import InteractionRecorder, spool_dir_for
+from serve_app.settings import get_settings
 from serve_app.store import Store
 from serve_app.store.records import InteractionRecord
 
@@ -30,8 +31,11 @@ class MetricsWriter:
         self.metrics = MetricsAggregate()
         self.store = Store(database_url)
         self.store.migrate()
+        settings = get_settings()
         self.recorder = InteractionRecorder(
-            self.store.insert_interactions, flush_interval_s=flush_interval_s
+            self.store.insert_interactions,
+            flush_interval_s=flush_interval_s,
+            spool_dir=spool_dir_for(database_url, settings.spool_dir or settings.var_dir / "spool"),
         )
 
     async def record(self, records: list[InteractionRecord]) -> int:

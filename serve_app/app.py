@@ -74,12 +74,14 @@ def resolve_model_path(cfg: AppConfig, settings: Settings) -> Path:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Bind the graph: Ingress -> (LLMServer, GovernanceScorer, MetricsWriter)."""
+    """Bind the graph: Ingress -> (LLMServer, GovernanceScorer, MetricsWriter, RateLimiter,
+    UpstreamLLM for wrapped agents)."""
     from deployments.governance import GovernanceScorerDeployment
     from deployments.ingress import Ingress
     from deployments.llm import LLMServer
     from deployments.metrics_writer import MetricsWriter
     from deployments.rate_limiter import RateLimiterDeployment
+    from deployments.upstream import UpstreamLLM
     from serve_app.store import Store
 
     cfg = AppConfig.model_validate(args or {})
@@ -102,4 +104,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         "info": asdict(info),
         "bench_routes": cfg.bench_routes,
     }
-    return Ingress.bind(llm, scorer, writer, options, RateLimiterDeployment.bind())
+    return Ingress.bind(
+        llm, scorer, writer, options, RateLimiterDeployment.bind(), UpstreamLLM.bind()
+    )

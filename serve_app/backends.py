@@ -19,6 +19,7 @@ from serve_app.engine.adapter import (
     StreamDelta,
 )
 from serve_app.errors import (
+    ApiError,
     AuditUnavailable,
     BadRequest,
     GatewayTimeout,
@@ -28,6 +29,7 @@ from serve_app.errors import (
 from serve_app.governance.scorer import GovernanceScorer, Verdict
 from serve_app.recording import InteractionRecorder
 from serve_app.store.records import InteractionRecord
+from serve_app.upstream import UpstreamClient
 
 
 class Backends(Protocol):
@@ -35,10 +37,18 @@ class Backends(Protocol):
         self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
     ) -> Verdict: ...
     async def generate(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> Generation: ...
     def stream(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]: ...
     async def record(self, records: list[InteractionRecord]) -> None: ...
     async def flush(self) -> None: ...
@@ -53,8 +63,10 @@ async def _bounded(coro: Any, timeout_s: float, what: str, unavailable: type[Exc
         raise GatewayTimeout(f"{what} did not answer within {timeout_s:.0f} s") from exc
     except PromptTooLong as exc:
         raise BadRequest(str(exc)) from exc
-    except (BadRequest, GatewayTimeout):
-        raise
+    except ApiError as exc:
+        # Raised inside a replica it arrives wrapped by Ray; the client gets the cause.
+        cause = getattr(exc, "cause", None)
+        raise (cause if isinstance(cause, ApiError) else exc) from None
     except Exception as exc:
         raise unavailable(f"{what} unavailable: {type(exc).__name__}") from exc
 
@@ -84,8 +96,16 @@ async def _bounded_stream(
 class RayBackends:
     """Deployment handles to the LLM, scorer and writer deployments."""
 
-    def __init__(self, llm: Any, scorer: Any, writer: Any, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        scorer: Any,
+        writer: Any,
+        timeout_s: float = 60.0,
+        upstream: Any = None,
+    ) -> None:
         self.llm, self.scorer, self.writer = llm, scorer, writer
+        self.upstream = upstream
         self.timeout_s = timeout_s
         self._model_info: dict[str, Any] | None = None
 
@@ -95,17 +115,36 @@ class RayBackends:
         call = self.scorer.evaluate.remote(text, direction, mode, threshold, policy)
         return await _bounded(call, self.timeout_s, "governance scorer", ScorerUnavailable)
 
+    def _model(self, upstream: dict[str, Any] | None) -> tuple[Any, tuple[Any, ...], float]:
+        """The deployment that answers, the leading call arguments, and the time bound."""
+        if upstream is None:
+            return self.llm, (), self.timeout_s
+        if self.upstream is None:
+            raise ModelUnavailable("this application has no upstream deployment")
+        # The upstream client enforces the agent's own timeout; allow it to report first.
+        return self.upstream, (upstream,), float(upstream.get("timeout_s", 60.0)) + 5.0
+
     async def generate(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> Generation:
-        call = self.llm.generate.remote(messages, sampling, request_id)
-        return await _bounded(call, self.timeout_s, "model", ModelUnavailable)
+        target, lead, timeout_s = self._model(upstream)
+        call = target.generate.remote(*lead, messages, sampling, request_id)
+        return await _bounded(call, timeout_s, "model", ModelUnavailable)
 
     def stream(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
-        gen = self.llm.options(stream=True).stream.remote(messages, sampling, request_id)
-        return _bounded_stream(gen.__aiter__(), self.timeout_s, gen.cancel)
+        target, lead, timeout_s = self._model(upstream)
+        gen = target.options(stream=True).stream.remote(*lead, messages, sampling, request_id)
+        return _bounded_stream(gen.__aiter__(), timeout_s, gen.cancel)
 
     async def record(self, records: list[InteractionRecord]) -> None:
         await _bounded(
@@ -144,9 +183,14 @@ class LocalBackends:
     """The same parts as plain objects in this process."""
 
     def __init__(
-        self, engine: EngineAdapter, scorer: GovernanceScorer, recorder: InteractionRecorder
+        self,
+        engine: EngineAdapter,
+        scorer: GovernanceScorer,
+        recorder: InteractionRecorder,
+        upstream: UpstreamClient | None = None,
     ) -> None:
         self.engine, self.scorer, self.recorder = engine, scorer, recorder
+        self.upstream = upstream or UpstreamClient()
 
     async def evaluate(
         self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
@@ -155,19 +199,29 @@ class LocalBackends:
         return self.scorer.evaluate(text, direction, mode, threshold)  # type: ignore[arg-type]
 
     async def generate(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> Generation:
-        return await _bounded(
-            self.engine.generate(messages, SamplingRequest(**sampling), request_id),
-            60.0,
-            "model",
-            ModelUnavailable,
-        )
+        if upstream is not None:
+            call = self.upstream.generate(upstream, messages, sampling, request_id)
+        else:
+            call = self.engine.generate(messages, SamplingRequest(**sampling), request_id)
+        return await _bounded(call, 60.0, "model", ModelUnavailable)
 
     def stream(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], request_id: str
+        self,
+        messages: list[dict[str, str]],
+        sampling: dict[str, Any],
+        request_id: str,
+        upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
-        gen = self.engine.stream_deltas(messages, SamplingRequest(**sampling), request_id)
+        if upstream is not None:
+            gen = self.upstream.stream(upstream, messages, sampling, request_id)
+        else:
+            gen = self.engine.stream_deltas(messages, SamplingRequest(**sampling), request_id)
         return _bounded_stream(gen.__aiter__(), 60.0)
 
     async def record(self, records: list[InteractionRecord]) -> None:

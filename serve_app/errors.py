@@ -86,6 +86,13 @@ class RateLimited(ApiError):
     code = "rate_limit_exceeded"
 
 
+class BadGateway(ApiError):
+    """An upstream model (a wrapped agent's) failed, was unreachable or answered garbage."""
+
+    status_code = 502
+    code = "upstream_error"
+
+
 class GatewayTimeout(ApiError):
     status_code = 504
     code = "timeout"

@@ -82,6 +82,12 @@ def governance_settings(agent: AgentRecord) -> tuple[str, float, str | None]:
     )
 
 
+def upstream_of(agent: AgentRecord) -> dict | None:
+    """A wrapped agent's upstream model config; None for agents on the served model."""
+    backend = agent.config.get("backend") or {}
+    return backend if backend.get("type") == "openai" else None
+
+
 class GovernedChat:
     """Runs governed exchanges for agents through the backends."""
 
@@ -122,6 +128,7 @@ class GovernedChat:
                     build_messages(agent, verdict_in.text, screened[0]),
                     {"max_tokens": max_tokens, "temperature": temperature},
                     message_id,
+                    upstream=upstream_of(agent),
                 )
                 verdict_out = await self.backends.evaluate(
                     gen.text, "output", mode, threshold, policy
@@ -245,7 +252,10 @@ class GovernedChat:
                 )
                 messages = build_messages(agent, verdict_in.text, screened[0])
                 sampling = {"max_tokens": max_tokens, "temperature": temperature}
-                async with aclosing(self.backends.stream(messages, sampling, message_id)) as it:
+                deltas = self.backends.stream(
+                    messages, sampling, message_id, upstream=upstream_of(agent)
+                )
+                async with aclosing(deltas) as it:
                     async for delta in it:
                         counts[:] = [delta.prompt_tokens, delta.completion_tokens]
                         finish = delta.finish_reason or finish

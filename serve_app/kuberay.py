@@ -16,7 +16,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 GPU_CONFIG = REPO / "configs" / "gpu.yaml"
 RAYSERVICE = REPO / "k8s" / "rayservice.yaml"
+# The cluster image built from the repo's Dockerfile (README, "Container image"): the one
+# place its name and tag are set. RAY_VERSION is the Ray of the Dockerfile's base image.
 IMAGE = "promethios/native:0.1.0"
+RAY_VERSION = "2.60.0"
 HEADER = (
     "# Generated from configs/gpu.yaml by `python -m serve_app.kuberay`; do not edit by hand.\n"
 )
@@ -68,7 +71,7 @@ def rayservice(serve_config: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {
-                "rayVersion": "2.60.0",
+                "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": True,
                 "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": 300},
                 "headGroupSpec": {

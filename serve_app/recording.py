@@ -1,18 +1,123 @@
 """Batching of interaction records into the store, with retry: nothing accepted is dropped.
 
 `InteractionRecorder` is plain asyncio; the metrics-writer deployment wraps it.
+
+With a spool directory, a record is appended to a local segment file before it is
+accepted (`add` returns), and the segment is deleted only once its records are in
+the database. So an accepted record survives the writer process being killed (the
+next writer replays the segments a dead process left) and the database being
+unreachable (records wait in the buffer and the spool, and are written when it is
+back). Inserts are idempotent by message id, so a replay never doubles a row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import IO
 
 from serve_app.store.records import InteractionRecord
 
 log = logging.getLogger("promethios.recording")
+
+
+def spool_dir_for(database_url: str, base: Path) -> Path:
+    """The spool directory of one database under `base` (writers of other databases keep apart)."""
+    return base / hashlib.sha256(database_url.encode("utf-8")).hexdigest()[:16]
+
+
+def transient(exc: BaseException) -> bool:
+    """A lost or refused connection (retry the batch later), not a record the store refuses."""
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Spool:
+    """Append-only segment files `<pid>-<n>.jsonl` of records not yet in the database."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+        self._seq = 0
+        self._file: IO[str] | None = None
+        self._path: Path | None = None
+
+    def _next_path(self, tag: str = "") -> Path:
+        self._seq += 1
+        return self.dir / f"{self.pid}-{tag}{self._seq:08d}.jsonl"
+
+    def append(self, records: list[InteractionRecord]) -> None:
+        """Write `records` to the open segment (in the OS's hands when this returns)."""
+        if self._file is None:
+            self._path = self._next_path()
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        self._file.flush()
+
+    def seal(self) -> Path | None:
+        """Close the open segment (new records go to a new one); its path, or None."""
+        if self._file is None:
+            return None
+        self._file.close()
+        path, self._file, self._path = self._path, None, None
+        return path
+
+    def adopt_orphans(self) -> list[tuple[Path, list[InteractionRecord]]]:
+        """Segments of writer processes that are gone, renamed as ours, with their records."""
+        found = []
+        for path in sorted(self.dir.glob("*.jsonl")):
+            owner = path.name.split("-", 1)[0]
+            if not owner.isdigit() or int(owner) == self.pid or _pid_alive(int(owner)):
+                continue
+            mine = self._next_path("adopted-")
+            try:
+                os.rename(path, mine)  # atomic: one adopter wins
+            except FileNotFoundError:
+                continue
+            found.append((mine, self.load(mine)))
+        return found
+
+    @staticmethod
+    def load(path: Path) -> list[InteractionRecord]:
+        records = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(InteractionRecord.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill was never accepted
+        return records
+
+    def dead_letter(self, records: list[InteractionRecord]) -> None:
+        """Keep records the store refuses in `dead-letter.jsonl` (never replayed by itself)."""
+        with open(self.dir / "dead-letter.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+
+    @staticmethod
+    def release(paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 class InteractionRecorder:
@@ -25,9 +130,12 @@ class InteractionRecorder:
         flush_interval_s: float = 0.05,
         max_batch: int = 1000,
         retry_backoff_s: float = 0.5,
+        spool_dir: Path | None = None,
     ) -> None:
         self._insert = insert
         self._buffer: list[InteractionRecord] = []
+        self._spool = Spool(spool_dir) if spool_dir is not None else None
+        self._sealed: list[Path] = []  # spool segments whose records are all in _buffer
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._retry_backoff_s = retry_backoff_s
@@ -36,11 +144,17 @@ class InteractionRecorder:
         self._task: asyncio.Task | None = None
         self.written = 0
         self.failures = 0
+        self.dead_letters = 0
         self.last_error: str | None = None
         self.last_flush_at: float | None = None
 
     def start(self) -> None:
         if self._task is None:
+            if self._spool is not None:
+                for path, records in self._spool.adopt_orphans():
+                    self._buffer.extend(records)
+                    self._sealed.append(path)
+                    log.info("replaying %d spooled record(s) from %s", len(records), path.name)
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -48,7 +162,9 @@ class InteractionRecorder:
         return len(self._buffer)
 
     def add(self, records: list[InteractionRecord]) -> None:
-        """Accept records into the buffer (they are written within a flush interval)."""
+        """Accept records (spooled first, when spooling); written within a flush interval."""
+        if self._spool is not None and records:
+            self._spool.append(records)
         self._buffer.extend(records)
         if len(self._buffer) >= self._max_batch:
             self._wakeup.set()
@@ -57,6 +173,11 @@ class InteractionRecorder:
         """Write everything buffered now; returns rows inserted; raises if the store fails."""
         async with self._lock:
             written = 0
+            if self._spool is not None:
+                sealed = self._spool.seal()  # everything in it is in the buffer now
+                if sealed is not None:
+                    self._sealed.append(sealed)
+            done = list(self._sealed)
             while self._buffer:
                 batch = self._buffer[: self._max_batch]
                 try:
@@ -64,11 +185,40 @@ class InteractionRecorder:
                 except Exception as exc:
                     self.failures += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    raise
+                    if transient(exc):
+                        raise
+                    written += await self._isolate(batch)
                 del self._buffer[: len(batch)]
+            if self._spool is not None:
+                Spool.release(done)
+                self._sealed = [p for p in self._sealed if p not in done]
             self.written += written
             self.last_flush_at = time.time()
             return written
+
+    async def _isolate(self, batch: list[InteractionRecord]) -> int:
+        """After a batch failed on its data (not on the connection), insert its records
+        one by one. Those the store refuses are poison: they are set aside in the spool's
+        dead-letter file and logged, so they cannot block the rest. Returns rows inserted;
+        raises (keeping the batch for retry) if the store becomes unreachable meanwhile."""
+        inserted, bad = 0, []
+        for record in batch:
+            try:
+                inserted += await asyncio.to_thread(self._insert, [record])
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                bad.append(record)
+        if bad:
+            self.dead_letters += len(bad)
+            if self._spool is not None:
+                self._spool.dead_letter(bad)
+            log.error(
+                "%d record(s) refused by the store, set aside in the dead-letter file",
+                len(bad),
+                extra={"message_ids": [r.message_id for r in bad]},
+            )
+        return inserted
 
     async def _run(self) -> None:
         while True:

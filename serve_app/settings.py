@@ -49,6 +49,17 @@ class Settings(BaseSettings):
         default=False, validation_alias=AliasChoices("PROMETHIOS_DEBUG", "NATIVE_LLM_DEBUG")
     )
     log_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_LOG_DIR")
+    # Which environment variables a wrapped agent may name as its upstream API key:
+    # without a pattern, an agent could send any server variable to a URL of its choice.
+    upstream_key_env_pattern: str = Field(
+        default=r"^(UPSTREAM_[A-Z0-9_]+|[A-Z][A-Z0-9_]*_API_KEY)$",
+        validation_alias="PROMETHIOS_UPSTREAM_KEY_ENV_PATTERN",
+    )
+    redact_logs: bool = Field(default=True, validation_alias="PROMETHIOS_REDACT_LOGS")
+    # Where the metrics writer spools accepted records until they are in the database.
+    spool_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_SPOOL_DIR")
+    # Origins allowed to call the API from a browser (comma-separated); none by default.
+    cors_allow_origins: str = Field(default="", validation_alias="PROMETHIOS_CORS_ALLOW_ORIGINS")
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,6 +67,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.var_dir / 'promethios.db'}"
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The CORS allow-list as a list (empty: cross-origin browser calls are refused)."""
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
 
     @property
     def default_model_dir(self) -> Path:
@@ -66,3 +82,23 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# Variables no agent may use as an upstream key, whatever the pattern allows.
+RESERVED_KEY_ENVS = frozenset({"PROMETHIOS_API_KEY", "DATABASE_URL"})
+
+
+def upstream_key_env_allowed(name: str) -> bool:
+    """Whether a wrapped agent may name `name` as the variable holding its upstream key."""
+    import re
+
+    return name not in RESERVED_KEY_ENVS and bool(
+        re.fullmatch(get_settings().upstream_key_env_pattern, name)
+    )
+
+
+def upstream_api_key(name: str) -> str | None:
+    """The value of an allowed upstream-key variable in this process's environment."""
+    import os
+
+    return os.environ.get(name) if upstream_key_env_allowed(name) else None

@@ -25,7 +25,14 @@ def test_serve_config_validates(name: str) -> None:
     assert app.import_path == "serve_app.app:build_app"
     AppConfig.model_validate(app.args)
     names = {d.name for d in app.deployments}
-    assert names == {"Ingress", "LLMServer", "GovernanceScorer", "MetricsWriter", "RateLimiter"}
+    assert names == {
+        "Ingress",
+        "LLMServer",
+        "GovernanceScorer",
+        "UpstreamLLM",
+        "MetricsWriter",
+        "RateLimiter",
+    }
 
 
 def test_local_config_serves_on_the_seed_port() -> None:
@@ -37,7 +44,7 @@ def test_local_config_serves_on_the_seed_port() -> None:
 def test_stateless_deployments_autoscale_and_stateful_ones_stay_single(name: str) -> None:
     app = yaml.safe_load((CONFIGS / name).read_text())["applications"][0]
     deps = {d["name"]: d for d in app["deployments"]}
-    for dep in ("Ingress", "LLMServer", "GovernanceScorer"):
+    for dep in ("Ingress", "LLMServer", "GovernanceScorer", "UpstreamLLM"):
         auto = deps[dep]["autoscaling_config"]
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
         assert auto["target_ongoing_requests"] <= deps[dep]["max_ongoing_requests"]

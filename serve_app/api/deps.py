@@ -14,6 +14,7 @@ from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.governance.policy import PolicySet
 from serve_app.settings import Settings
 from serve_app.store import Store
+from serve_app.store.store import hash_api_key
 
 T = TypeVar("T")
 
@@ -50,14 +51,18 @@ class Services:
         return svc
 
     async def user_for_key(self, key: str) -> str | None:
-        """The user a key belongs to (cached for 10 s to keep the DB off the hot path)."""
-        hit = self._key_cache.get(key)
+        """The user a key belongs to (cached for 10 s to keep the DB off the hot path).
+
+        The cache holds the key's sha256 digest, never the key itself.
+        """
+        digest = hash_api_key(key)
+        hit = self._key_cache.get(digest)
         now = time.monotonic()
         if hit and now - hit[1] < 10.0:
             return hit[0]
         user = await asyncio.to_thread(self.store.user_for_api_key, key)
         if user is not None:
-            self._key_cache[key] = (user, now)
+            self._key_cache[digest] = (user, now)
         return user
 
 

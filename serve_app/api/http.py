@@ -1,4 +1,11 @@
-"""The FastAPI application: routers, the error envelope, size limits, health."""
+"""The FastAPI application: routers, the error envelope, size limits, CORS, health.
+
+Request bodies are bounded by `max_body_bytes` whether or not the client sends a
+Content-Length (a chunked body is counted as it arrives) and must be JSON
+(415 otherwise). CORS is closed unless an allow-list is configured
+(`PROMETHIOS_CORS_ALLOW_ORIGINS`): without one, no response carries
+Access-Control-Allow-Origin and a browser refuses cross-origin calls.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.api.agents.router import router as agents_router
@@ -57,18 +67,141 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_api(max_body_bytes: int = 65536) -> FastAPI:
-    """The ingress's HTTP API; services are installed by the ingress replica."""
-    api = FastAPI(title="Promethios Native", version=__version__)
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+MAX_JSON_DEPTH = 32
+_NUL_MESSAGE = "NUL characters (\\u0000, %00) are not allowed in requests"
 
-    @api.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error_response(
-                request, 413, "payload_too_large", f"request body over {max_body_bytes} bytes"
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays/objects in `body` nest deeper than `limit` (strings skipped)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+async def _send_error(
+    scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
+) -> None:
+    await error_response(Request(scope), status, code, message)(scope, receive, send)
+
+
+class RequestBodyGuard:
+    """Pure ASGI middleware: 413 over `max_body_bytes` (declared or counted), 415 for a
+    body that is not JSON, 400 for JSON nested deeper than MAX_JSON_DEPTH and for NUL
+    characters in the path, query or body. The body is read here (it is small by then)
+    and replayed to the app.
+
+    A module-level class (not a closure) so that Serve can pickle the app by reference.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            await _send_error(scope, receive, send, 400, "bad_request", _NUL_MESSAGE)
+            return
+        if scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        too_large = f"request body over {limit} bytes (PROMETHIOS_MAX_BODY_BYTES)"
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if length.isdigit() and int(length) > limit:
+            await _send_error(scope, receive, send, 413, "payload_too_large", too_large)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_error(scope, receive, send, 413, "payload_too_large", too_large)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if body.strip() and ctype and ctype != "application/json" and not ctype.endswith("+json"):
+            await _send_error(
+                scope,
+                receive,
+                send,
+                415,
+                "unsupported_media_type",
+                f"request body must be application/json, not {ctype!r}",
             )
-        return await call_next(request)
+            return
+        if b"\\u0000" in body:  # PostgreSQL's text cannot hold NUL; no client needs one
+            await _send_error(scope, receive, send, 400, "bad_request", _NUL_MESSAGE)
+            return
+        if json_depth_exceeds(body):
+            await _send_error(
+                scope,
+                receive,
+                send,
+                400,
+                "invalid_json",
+                f"request body nests deeper than {MAX_JSON_DEPTH} levels",
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_api(max_body_bytes: int = 65536, cors_origins: list[str] | None = None) -> FastAPI:
+    """The ingress's HTTP API; services are installed by the ingress replica.
+
+    `cors_origins`: the browser origins allowed to call it (None: the settings' list,
+    empty by default, so CORS stays closed).
+    """
+    api = FastAPI(title="Promethios Native", version=__version__)
+    if cors_origins is None:
+        from serve_app.settings import get_settings
+
+        cors_origins = get_settings().cors_origins
+    api.add_middleware(RequestBodyGuard, max_body_bytes=max_body_bytes)
+    if cors_origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        )
 
     @api.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -84,6 +217,19 @@ def create_api(max_body_bytes: int = 65536) -> FastAPI:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(
             request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)
+        )
+
+    @api.exception_handler(DBAPIError)
+    async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not _unreachable(exc):
+            return await on_unexpected(request, exc)
+        log.warning("database unavailable on %s %s", request.method, request.url.path)
+        return error_response(
+            request,
+            503,
+            "database_unavailable",
+            "the database is unreachable; try again shortly",
+            {"Retry-After": "5"},
         )
 
     @api.exception_handler(Exception)
@@ -117,6 +263,13 @@ def create_api(max_body_bytes: int = 65536) -> FastAPI:
     api.include_router(governance_router)
     api.include_router(bench_router)
     return api
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    """A lost or refused connection (as opposed to a bad statement): worth a retry."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 async def _ping_store(services: Any) -> None:

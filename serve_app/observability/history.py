@@ -46,13 +46,21 @@ class Row:
 
 
 def interactions(
-    store: Store, agent_id: str, start: datetime, end: datetime, limit: int = MAX_REPORT_ROWS
+    store: Store,
+    agent_id: str | list[str],
+    start: datetime,
+    end: datetime,
+    limit: int = MAX_REPORT_ROWS,
 ) -> list[Row]:
-    """The agent's interactions with start <= created_at < end, oldest first (at most `limit`)."""
+    """The agent's (or agents') interactions with start <= created_at < end, oldest first
+    (at most `limit`)."""
     i = Interaction
+    ids = [agent_id] if isinstance(agent_id, str) else list(agent_id)
+    if not ids:
+        return []
     stmt = (
         select(i)
-        .where(i.agent_id == agent_id, i.created_at >= as_utc(start), i.created_at < as_utc(end))
+        .where(i.agent_id.in_(ids), i.created_at >= as_utc(start), i.created_at < as_utc(end))
         .order_by(i.created_at, i.id)
         .limit(limit)
     )
@@ -132,6 +140,28 @@ def summarize(rows: list[Row]) -> dict[str, Any]:
         "prompt_tokens": sum(r.prompt_tokens for r in rows),
         "completion_tokens": sum(r.completion_tokens for r in rows),
     }
+
+
+INJECTION_CATEGORY = "prompt_injection"
+
+
+def comparison_row(rows: list[Row], start: datetime, end: datetime) -> dict[str, Any]:
+    """`summarize` plus what the native-vs-wrapped comparison adds: throughput over the
+    window, and injection/jailbreak attempts detected and those that got an answer."""
+    out = summarize(rows)
+    seconds = max((as_utc(end) - as_utc(start)).total_seconds(), 1e-9)
+    if rows:  # the span the rows cover, so a quiet window does not dilute a burst
+        first, last = rows[0].created_at, rows[-1].created_at
+        seconds = max((last - first).total_seconds(), 1.0)
+    attempts = [
+        r for r in rows if any(v.get("category") == INJECTION_CATEGORY for v in r.violations)
+    ]
+    out["throughput_per_min"] = round(len(rows) * 60.0 / seconds, 4) if rows else 0.0
+    out["injection_attempts_detected"] = len(attempts)
+    out["injection_attempts_answered"] = sum(1 for r in attempts if r.status == "ok")
+    answered = out["ok"] + out["blocked"]
+    out["compliance_share"] = _r(out["ok"] / answered) if answered else None
+    return out
 
 
 def timeseries(rows: list[Row], start: datetime, end: datetime, bucket_s: int) -> dict[str, Any]:

@@ -8,6 +8,13 @@ context variable holds it.
 With a log directory configured (`PROMETHIOS_LOG_DIR`) the seed's files are
 written there: `native_llm.log` (everything), `metrics_integration.log` (the
 metrics writer, recording and metrics), `errors.log` (errors only).
+
+With redaction on (`PROMETHIOS_REDACT_LOGS`, the default) every line is passed
+through `redact` before it is written: API keys, bearer tokens, and the PII and
+secret spans that governance detects (e-mail, phone, payment card, SSN, IBAN,
+provider keys, passwords) become `[LABEL]`, in the message, the extras and the
+traceback alike. The same redaction is installed on the root logger's handlers,
+so other libraries' lines in the same process are covered too.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +36,69 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
 ROOT = "promethios"
 METRICS_LOGGERS = ("promethios.metrics", "promethios.recording", "promethios.writer")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+# Governance detectors whose spans are personal data or secrets (IP addresses are
+# left: operators need them, and every Ray line carries one).
+REDACTED_DETECTORS = ("email", "phone", "payment_card", "us_ssn", "iban", "secret")
+_OWN_KEYS = re.compile(r"pn_[A-Za-z0-9_-]{40}")
+_NEEDS_DIGITS = {"phone", "payment_card", "us_ssn", "iban"}
+_DIGIT_RUN = re.compile(r"\d[\d\s().-]{4,}\d")  # six or more digits with separators
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str, detectors: Iterable[str] = REDACTED_DETECTORS) -> str:
+    """`text` with API keys, bearer tokens and detected PII/secret spans replaced by [LABEL]."""
+    if not text:
+        return text
+    text = _OWN_KEYS.sub("[API_KEY]", text)
+    text = _BEARER.sub(r"\1[API_KEY]", text)
+    from serve_app.governance.detectors import DETECTORS
+
+    spans: list[tuple[int, int, str]] = []
+    for name in detectors:
+        if name in _NEEDS_DIGITS and not _DIGIT_RUN.search(text):
+            continue  # libphonenumber and friends are the costly part; most lines skip them
+        for finding in DETECTORS[name](text):
+            spans.append((finding.start, finding.end, finding.label))
+    if not spans:
+        return text
+    out, pos = [], 0
+    for start, end, label in sorted(spans):
+        if start < pos:  # overlaps a span already replaced
+            continue
+        out.append(text[pos:start])
+        out.append(f"[{label}]")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a record's message and arguments in place, for handlers of other formats."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 def current_request_id() -> str:
@@ -42,12 +114,16 @@ def current_request_id() -> str:
         return ""
 
 
+_OWN_FIELDS = ("ts", "level", "logger", "component", "request_id")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, component, request_id, message, extras."""
 
-    def __init__(self, component: str = "") -> None:
+    def __init__(self, component: str = "", redact_pii: bool = True) -> None:
         super().__init__()
         self.component = component
+        self.redact_pii = redact_pii
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -63,6 +139,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if self.redact_pii:
+            entry = {k: v if k in _OWN_FIELDS else _redact_value(v) for k, v in entry.items()}
         return json.dumps(entry, default=str)
 
 
@@ -71,10 +149,14 @@ class _MetricsOnly(logging.Filter):
         return record.name.startswith(METRICS_LOGGERS)
 
 
-def configure_logging(debug: bool, log_dir: Path | None = None, component: str = "") -> None:
+def configure_logging(
+    debug: bool, log_dir: Path | None = None, component: str = "", redact_logs: bool = True
+) -> None:
     """Route the `promethios.*` loggers to JSON on stderr (and the seed's files when asked).
 
-    Idempotent per process: a second call replaces the handlers it installed.
+    With `redact_logs`, every line is redacted (see `redact`), and a `RedactingFilter`
+    is put on the root logger's handlers. Idempotent per process: a second call
+    replaces the handlers and filters it installed.
     """
     logger = logging.getLogger(ROOT)
     for handler in [h for h in logger.handlers if getattr(h, "_promethios", False)]:
@@ -82,7 +164,8 @@ def configure_logging(debug: bool, log_dir: Path | None = None, component: str =
         handler.close()
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
-    formatter = JsonFormatter(component)
+    _install_root_filter(redact_logs)
+    formatter = JsonFormatter(component, redact_pii=redact_logs)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -98,10 +181,24 @@ def configure_logging(debug: bool, log_dir: Path | None = None, component: str =
         logger.addHandler(handler)
 
 
+def _install_root_filter(on: bool) -> None:
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+            handler.removeFilter(old)
+        if on:
+            handler.addFilter(RedactingFilter())
+
+
 def configure_from_settings(component: str) -> None:
-    """Logging as the settings say (PROMETHIOS_DEBUG, NATIVE_LLM_DEBUG, PROMETHIOS_LOG_DIR)."""
+    """Logging as the settings say (PROMETHIOS_DEBUG, NATIVE_LLM_DEBUG, PROMETHIOS_LOG_DIR,
+    PROMETHIOS_REDACT_LOGS)."""
     from serve_app.settings import get_settings
 
     settings = get_settings()
     log_dir = getattr(settings, "log_dir", None)
-    configure_logging(settings.debug, Path(log_dir) if log_dir else None, component)
+    configure_logging(
+        settings.debug,
+        Path(log_dir) if log_dir else None,
+        component,
+        redact_logs=getattr(settings, "redact_logs", True),
+    )

@@ -8,6 +8,7 @@ ORM objects. The schema is created and upgraded by Alembic (:meth:`Store.migrate
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -211,11 +212,16 @@ class Store(LifecycleOps):
         """Return the user owning ``key``; None for a malformed, unknown or revoked key."""
         if not isinstance(key, str) or not API_KEY_RE.fullmatch(key):
             return None
-        stmt = select(ApiKey.user_id).where(
-            ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+        digest = hash_api_key(key)
+        stmt = select(ApiKey.user_id, ApiKey.key_hash).where(
+            ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
         )
         with self._sessions() as session:
-            return session.execute(stmt).scalar_one_or_none()
+            row = session.execute(stmt).one_or_none()
+        # Found by its digest (an index lookup); confirmed in constant time.
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return row.user_id
 
     def revoke_api_key(self, key: str) -> bool:
         """Revoke ``key``; return False when it was malformed, unknown or already revoked."""

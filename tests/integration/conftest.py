@@ -4,6 +4,7 @@ CPU with the embedded model, a real database), plus helpers to call it."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.launcher import create_user_key, start_graph
+from serve_app.launcher import GraphProcess, create_user_key, start_graph
 
 START_TIMEOUT_S = float(os.environ.get("PROMETHIOS_TEST_START_TIMEOUT_S", "600"))
+# The upstream key wrapped agents name: set before the graph starts so its replicas see it.
+UPSTREAM_KEY_ENV = "UPSTREAM_TEST_API_KEY"
+os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-test-" + secrets.token_hex(12))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Destructive tests (marked `faults`) run last, after every test of the shared graph."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)
 
 
 @dataclass
@@ -21,6 +30,7 @@ class Graph:
     base_url: str
     database_url: str
     log_path: Path
+    process: GraphProcess | None = None  # its processes, for fault tests and log checks
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -57,7 +67,12 @@ def graph(
     ensure_default_model()  # train (or reuse) the embedded model before Serve starts
     proc = start_graph(tmp, _database_url(request, tmp), timeout_s=START_TIMEOUT_S)
     try:
-        yield Graph(base_url=proc.base_url, database_url=proc.database_url, log_path=proc.log_path)
+        yield Graph(
+            base_url=proc.base_url,
+            database_url=proc.database_url,
+            log_path=proc.log_path,
+            process=proc,
+        )
     finally:
         proc.stop()
 
@@ -70,3 +85,32 @@ def alice(graph: Graph) -> str:
 @pytest.fixture(scope="session")
 def bob(graph: Graph) -> str:
     return graph.new_user("bob")
+
+
+@pytest.fixture(scope="session")
+def vllm_upstream(graph: Graph, tmp_path_factory: pytest.TempPathFactory):
+    """vLLM's own OpenAI server on the embedded model, keyed with UPSTREAM_TEST_API_KEY:
+    the real upstream that wrapped agents wrap."""
+    from serve_app.model.build import ensure_default_model
+    from serve_app.vllm_server import start_vllm_server
+
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = start_vllm_server(
+        ensure_default_model(), log, served_model_name="tiny", api_key=os.environ[UPSTREAM_KEY_ENV]
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def faulty_upstream():
+    """An upstream that fails on demand (tests/support/upstreams.py)."""
+    from tests.support.upstreams import start_faulty_upstream
+
+    up = start_faulty_upstream()
+    try:
+        yield up
+    finally:
+        up.stop()

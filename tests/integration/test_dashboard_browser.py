@@ -105,3 +105,47 @@ def test_console_sign_in_create_chat_charts(graph: Graph, browser, tmp_path: Pat
     page.wait_for_selector(".card:has-text('Browser Agent') .badge:has-text('created')")
     assert page.is_hidden("#undeploy-btn")
     assert not errors, errors
+
+
+def test_console_compares_native_and_wrapped_agents(graph: Graph, browser, faulty_upstream) -> None:
+    key = graph.new_user("dave")
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{graph.base_url}/dashboard/native-llm")
+    page.fill("#api-key", key)
+    page.click("#sign-in")
+    page.wait_for_selector("#app:not([hidden])")
+    assert page.is_hidden("#new-base-url")
+
+    for name, backend in (("Native One", "native"), ("Wrapped One", "openai")):
+        page.fill("#new-name", name)
+        page.fill("#new-max-tokens", "24")
+        page.select_option("#new-backend", backend)
+        if backend == "openai":
+            page.fill("#new-base-url", faulty_upstream.base_url)
+            page.fill("#new-upstream-model", "echo")
+        page.click("#create-agent")
+        page.wait_for_selector(f".card:has-text('{name}')")
+        page.click(f".card:has-text('{name}')")
+        page.fill("#chat-input", "Where is my package?")
+        page.click("#chat-send")
+        page.wait_for_selector(".msg.agent", timeout=120_000)
+    assert "echo: Where is my package?" in page.inner_text("#chat-log")  # the upstream answered
+    assert "wrapped" in page.inner_text(".card:has-text('Wrapped One') .badge.wrapped")
+
+    page.select_option("#window", "900:30")  # refreshes the comparison now
+    page.wait_for_function(
+        "Number(document.getElementById('chart-cmp-latency').dataset.points || 0) >= 2",
+        timeout=30_000,
+    )
+    table = page.inner_text("#comparison-table")
+    assert "native: p50 / p95" in table and "wrapped: p50 / p95" in table
+    assert _points(page, "chart-cmp-trust") >= 2
+    page.locator("#comparison-panel").screenshot(
+        path=str(
+            Path(os.environ.get("PROMETHIOS_ARTIFACTS_DIR", REPO / "artifacts"))
+            / "native_vs_wrapped.png"
+        )
+    )
+    assert not errors, errors

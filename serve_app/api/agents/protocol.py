@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.api.native.protocol import AgentBackend
+
 
 class AgentPatch(BaseModel):
     """Fields to change; each is validated as on create (omitted fields keep their value)."""
@@ -16,9 +18,10 @@ class AgentPatch(BaseModel):
     response_style: str | None = Field(default=None, min_length=1, max_length=50)
     compliance_mode: Literal["strict", "standard", "permissive"] | None = None
     trust_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, strict=True)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     system_prompt: str | None = Field(default=None, max_length=4000)
+    backend: AgentBackend | None = None
 
 
 class PatchAgentRequest(BaseModel):

@@ -53,11 +53,7 @@ class AgentLifecycleService:
         agent = await self.native.get_agent(agent_id, user)
         merged = {**agent.config, **patch.model_dump(exclude_unset=True)}
         config = AgentConfig.model_validate(merged)
-        limit = int((await self.s.backends.model_info())["max_model_len"])
-        if config.max_tokens >= limit:
-            raise BadRequest(
-                f"config.max_tokens must be below the model's context window ({limit})"
-            )
+        await self.native.check_config(config)
         updated = await asyncio.to_thread(
             self.s.store.update_agent,
             agent_id,

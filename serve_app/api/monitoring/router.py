@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serve_app.api.deps import CurrentUser, Services, ServicesDep, require_same_user
 from serve_app.errors import BadRequest, NotFound, success_envelope
+from serve_app.governed_chat import upstream_of
 from serve_app.observability import history
 from serve_app.observability.metrics import Gauge, MetricsDelta, render
 from serve_app.observability.requests import current_hub
@@ -117,6 +118,30 @@ async def timeseries(
     return success_envelope(data)
 
 
+@router.get("/native-llm/reports/comparison")
+async def comparison(
+    user: CurrentUser,
+    services: ServicesDep,
+    start: FromQuery = None,
+    end: ToQuery = None,
+    user_id: Annotated[str | None, Query()] = None,
+) -> dict:
+    """The caller's native agents against their wrapped agents over [from, to) (default:
+    the last hour): the seed's comparison rows, computed from stored interactions."""
+    require_same_user(user_id, user)
+    frm, to = _window(start, end)
+    await services.backends.flush()
+    agents = await asyncio.to_thread(services.store.list_agents, user)
+    groups: dict[str, dict] = {}
+    for kind in ("native", "wrapped"):
+        ids = [a.agent_id for a in agents if agent_kind(a) == kind]
+        rows = await asyncio.to_thread(history.interactions, services.store, ids, frm, to)
+        groups[kind] = {"agents": len(ids), **history.comparison_row(rows, frm, to)}
+    return success_envelope(
+        {"user_id": user, "from": history.iso(frm), "to": history.iso(to), "groups": groups}
+    )
+
+
 @router.get("/native-llm/agent/{agent_id}/report")
 async def report(
     agent_id: str,
@@ -159,3 +184,7 @@ async def report(
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="{stem}.json"'},
     )
+
+
+def agent_kind(agent) -> str:
+    return "wrapped" if upstream_of(agent) is not None else "native"

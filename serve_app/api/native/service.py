@@ -11,10 +11,13 @@ from serve_app.api.deps import Services
 from serve_app.api.native.protocol import AgentConfig, ChatRequest
 from serve_app.conversations import budget_chars, history_within, turns_of
 from serve_app.errors import BadRequest, Gone, NotFound, PayloadTooLarge
-from serve_app.governed_chat import ChatResult, GovernedChat
+from serve_app.governed_chat import ChatResult, GovernedChat, upstream_of
+from serve_app.settings import upstream_api_key
 from serve_app.store.records import AgentRecord, AgentStats, DeploymentRecord
 
 RECENT_WINDOW = timedelta(minutes=15)
+# History budget for a wrapped model whose context window the agent does not state.
+DEFAULT_UPSTREAM_CONTEXT = 4096
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -68,26 +71,42 @@ class NativeLLMService:
             "status": status,
         }
 
-    async def _max_model_len(self) -> int:
+    async def context_window(self, config: dict[str, Any]) -> int | None:
+        """The agent's model context window in tokens (None: a wrapped model's is unknown)."""
+        backend = config.get("backend") or {}
+        if backend.get("type") == "openai":
+            return backend.get("context_window")
         return int((await self.s.backends.model_info())["max_model_len"])
 
-    async def create_agent(self, user: str, config: AgentConfig) -> dict[str, Any]:
-        limit = await self._max_model_len()
-        if config.max_tokens >= limit:
+    async def check_max_tokens(self, config: dict[str, Any], max_tokens: int, field: str) -> None:
+        limit = await self.context_window(config)
+        if limit is not None and max_tokens >= limit:
+            raise BadRequest(f"{field} must be below the model's context window ({limit})")
+
+    async def check_config(self, config: AgentConfig) -> None:
+        """What the schema cannot check: the token budget and the upstream key variable."""
+        await self.check_max_tokens(config.model_dump(), config.max_tokens, "config.max_tokens")
+        env = getattr(config.backend, "api_key_env", None)
+        if env and not upstream_api_key(env):
             raise BadRequest(
-                f"config.max_tokens must be below the model's context window ({limit})"
+                f"config.backend.api_key_env: the variable {env} is not set where the "
+                "application runs; set it there (the key itself is never sent to this API)"
             )
+
+    async def create_agent(self, user: str, config: AgentConfig) -> dict[str, Any]:
+        await self.check_config(config)
         agent = await asyncio.to_thread(
             self.s.store.create_agent, user, config.name, config.description, config.model_dump()
         )
+        wrapped = upstream_of(agent) is not None
         return {
             "agent_id": agent.agent_id,
             "user_id": agent.user_id,
-            "model_type": "native_llm",
+            "model_type": "wrapped_llm" if wrapped else "native_llm",
             "created_at": iso(agent.created_at),
             "config": {
                 **agent.config,
-                "governance_level": "native",
+                "governance_level": "wrapped" if wrapped else "native",
                 "dataset_version": self.s.info.dataset_version,
                 "policy_version": self.s.policies.version,
             },
@@ -118,9 +137,7 @@ class NativeLLMService:
                 f"{self.s.settings.max_message_chars}"
             )
         max_tokens = body.max_tokens or int(agent.config.get("max_tokens", 128))
-        limit = await self._max_model_len()
-        if max_tokens >= limit:
-            raise BadRequest(f"max_tokens must be below the model's context window ({limit})")
+        await self.check_max_tokens(agent.config, max_tokens, "max_tokens")
         temperature = (
             body.temperature
             if body.temperature is not None
@@ -131,6 +148,7 @@ class NativeLLMService:
             turns = await asyncio.to_thread(
                 self.s.store.conversation, agent.agent_id, agent.user_id, body.conversation_id
             )
+            limit = await self.context_window(agent.config) or DEFAULT_UPSTREAM_CONTEXT
             budget = budget_chars(
                 limit, max_tokens, body.message, agent.config.get("system_prompt")
             )
@@ -171,12 +189,7 @@ class NativeLLMService:
                 "governance_interventions": r.scores.governance_interventions,
                 "action": r.action,
             },
-            "model_info": {
-                "model": self.s.info.model_name,
-                "version": self.s.info.model_version,
-                "governance": "native",
-                "dataset_version": self.s.info.dataset_version,
-            },
+            "model_info": self._model_of(agent),
             "usage": {
                 "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens,
@@ -187,6 +200,17 @@ class NativeLLMService:
             data["production_agent_id"] = deployment.production_agent_id
             data["deployment_id"] = deployment.deployment_id
         return data
+
+    def _model_of(self, agent: AgentRecord) -> dict[str, Any]:
+        upstream = upstream_of(agent)
+        if upstream is not None:
+            return {"model": upstream["model"], "version": None, "governance": "wrapped"}
+        return {
+            "model": self.s.info.model_name,
+            "version": self.s.info.model_version,
+            "governance": "native",
+            "dataset_version": self.s.info.dataset_version,
+        }
 
     async def _stats(self, agent_id: str, since: datetime | None = None) -> AgentStats:
         await self.s.backends.flush()

@@ -77,9 +77,7 @@ class OpenAIService:
             or body.max_tokens
             or int(agent.config.get("max_tokens", 128))
         )
-        limit = int((await self.s.backends.model_info())["max_model_len"])
-        if max_tokens >= limit:
-            raise BadRequest(f"max_tokens must be below the model's context window ({limit})")
+        await self.native.check_max_tokens(agent.config, max_tokens, "max_tokens")
         temperature = (
             body.temperature
             if body.temperature is not None

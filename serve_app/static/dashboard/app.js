@@ -43,6 +43,7 @@ async function signIn(key) {
   $("whoami").textContent = `signed in as ${state.user}`;
   renderCards(data.agents);
   if (data.agents.length && !state.selected) selectAgent(data.agents[0].agent_id);
+  refreshComparison().catch(() => {});
 }
 
 function signOut() {
@@ -62,6 +63,7 @@ function renderCards(agents) {
     card.dataset.agentId = a.agent_id;
     const h = text("h3", a.name + " ");
     h.append(text("span", a.status, "badge " + a.status));
+    h.append(text("span", a.backend, "badge " + a.backend));
     card.append(h, text("div", a.agent_id, "muted"));
     const dl = document.createElement("dl");
     const rows = [
@@ -107,6 +109,10 @@ async function createAgent(ev) {
     temperature: Number($("new-temperature").value),
   };
   if ($("new-system-prompt").value) config.system_prompt = $("new-system-prompt").value;
+  if ($("new-backend").value === "openai") {
+    config.backend = { type: "openai", base_url: $("new-base-url").value, model: $("new-upstream-model").value };
+    if ($("new-key-env").value) config.backend.api_key_env = $("new-key-env").value;
+  }
   try {
     const agent = await api("POST", "/native-llm/agent/create", { config });
     await refreshCards();
@@ -129,7 +135,10 @@ function selectAgent(agentId) {
   }
   refreshCharts();
   clearInterval(state.timer);
-  state.timer = setInterval(() => refreshCharts().catch(() => {}), REFRESH_MS);
+  state.timer = setInterval(() => {
+    refreshCharts().catch(() => {});
+    refreshComparison().catch(() => {});
+  }, REFRESH_MS);
 }
 
 async function sendChat(ev) {
@@ -216,7 +225,7 @@ async function downloadReport(format) {
 // -- charts ---------------------------------------------------------------------
 const PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#1098ad", "#f59f00"];
 
-function chart(id, type, labels, datasets, yOpts = {}) {
+function chart(id, type, labels, datasets, yOpts = {}, stacked = true) {
   const canvas = $(id);
   const old = state.charts[id];
   if (old) {
@@ -232,7 +241,7 @@ function chart(id, type, labels, datasets, yOpts = {}) {
         maintainAspectRatio: false,
         spanGaps: true,
         plugins: { legend: { display: datasets.length > 1 || type === "bar" } },
-        scales: { x: { stacked: type === "bar", ticks: { maxTicksLimit: 8 } }, y: { beginAtZero: true, stacked: type === "bar", ...yOpts } },
+        scales: { x: { stacked: stacked && type === "bar", ticks: { maxTicksLimit: 8 } }, y: { beginAtZero: true, stacked: stacked && type === "bar", ...yOpts } },
       },
     });
   }
@@ -273,6 +282,44 @@ async function refreshCharts() {
   renderSummary(ts.summary);
 }
 
+// -- native vs wrapped (the seed's comparative analysis), from stored interactions --
+const KINDS = ["native", "wrapped"];
+
+async function refreshComparison() {
+  const { from, to } = windowParams();
+  const data = await api("GET", `/native-llm/reports/comparison?${new URLSearchParams({ from, to })}`);
+  const g = data.groups;
+  const labels = KINDS.map((k) => `${k} (${g[k].agents} agents, ${g[k].interactions} interactions)`);
+  const of = (key, scale = 1) => KINDS.map((k) => (g[k][key] === null ? null : g[k][key] * scale));
+  chart("chart-cmp-latency", "bar", labels, [bar("p50", of("latency_ms_p50"), 0), bar("p95", of("latency_ms_p95"), 1)], {}, false);
+  chart("chart-cmp-trust", "bar", labels, [
+    bar("trust score", of("trust_score_mean", 100), 0),
+    bar("compliance", of("compliance_rate_mean", 100), 2),
+  ], { max: 100 }, false);
+  chart("chart-cmp-interventions", "bar", labels, [
+    bar("interventions", of("governance_interventions"), 3),
+    bar("blocked", of("blocked"), 1),
+    bar("errors", of("errors"), 4),
+  ], {}, false);
+  chart("chart-cmp-bypass", "bar", labels, [
+    bar("detected", of("injection_attempts_detected"), 5),
+    bar("answered", of("injection_attempts_answered"), 1),
+  ], {}, false);
+  const dl = document.createElement("dl");
+  for (const k of KINDS) {
+    const r = g[k];
+    dl.append(
+      text("dt", `${k}: p50 / p95`),
+      text("dd", `${fmt(r.latency_ms_p50, 0)} / ${fmt(r.latency_ms_p95, 0)} ms`),
+      text("dt", `${k}: trust / compliance`),
+      text("dd", `${fmt(r.trust_score_mean)} / ${pct(r.compliance_rate_mean)}`),
+      text("dt", `${k}: injection attempts answered`),
+      text("dd", `${r.injection_attempts_answered} of ${r.injection_attempts_detected}`)
+    );
+  }
+  $("comparison-table").replaceChildren(dl);
+}
+
 function renderSummary(s) {
   const dl = document.createElement("dl");
   const rows = [
@@ -304,7 +351,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("chat-form").addEventListener("submit", sendChat);
   $("deploy-btn").addEventListener("click", deploy);
   $("undeploy-btn").addEventListener("click", undeploy);
-  $("window").addEventListener("change", () => refreshCharts());
+  $("window").addEventListener("change", () => {
+    refreshCharts();
+    refreshComparison();
+  });
+  $("new-backend").addEventListener("change", () => {
+    for (const el of document.querySelectorAll(".upstream")) el.hidden = $("new-backend").value !== "openai";
+  });
   $("report-json").addEventListener("click", (ev) => { ev.preventDefault(); downloadReport("json"); });
   $("report-csv").addEventListener("click", (ev) => { ev.preventDefault(); downloadReport("csv"); });
   const saved = sessionStorage.getItem(KEY_STORE);
