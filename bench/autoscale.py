@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run import PROMPTS, percentile  # noqa: E402
-from serve_app.launcher import create_user_key, start_graph  # noqa: E402
+from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from tests.support.postgres import PostgresUnavailable, start_throwaway_postgres  # noqa: E402
 
@@ -363,19 +363,16 @@ def main() -> int:
             serve_client = ServeSubmissionClient(dashboard)
             key = create_user_key(db_url, "autoscale")
             headers = {"Authorization": f"Bearer {key}"}
-            agent = httpx.post(
-                f"{graph.base_url}/native-llm/agent/create",
-                headers=headers,
-                timeout=60,
-                json={
-                    "config": {
-                        "name": "autoscale",
-                        "max_tokens": args.max_tokens,
-                        "temperature": 0.0,
-                        "compliance_mode": "standard",
-                    }
+            agent = create_agent(
+                graph.base_url,
+                key,
+                {
+                    "name": "autoscale",
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0.0,
+                    "compliance_mode": "standard",
                 },
-            ).json()["data"]["agent_id"]
+            )
             body = {"max_tokens": args.max_tokens, "temperature": 0.0}
             series: list[dict[str, Any]] = []
             load = Load(t0=time.monotonic())

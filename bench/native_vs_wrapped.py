@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from serve_app.governance.dataset import load_items  # noqa: E402
-from serve_app.launcher import create_user_key, start_graph  # noqa: E402
+from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.observability.history import percentile  # noqa: E402
 from serve_app.vllm_server import start_vllm_server  # noqa: E402
@@ -202,14 +202,8 @@ def main() -> int:
             }
             agents = {}
             for name, extra in (("native", {}), ("wrapped", {"backend": backend})):
-                resp = httpx.post(
-                    f"{graph.base_url}/native-llm/agent/create",
-                    headers=headers,
-                    json={"config": {"name": f"bench-{name}", **base, **extra}},
-                    timeout=60,
-                )
-                resp.raise_for_status()
-                agents[name] = resp.json()["data"]["agent_id"]
+                config = {"name": f"bench-{name}", **base, **extra}
+                agents[name] = create_agent(graph.base_url, key, config)
 
             def agent_path(agent_id: str) -> dict:
                 return {

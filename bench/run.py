@@ -26,7 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve_app.launcher import create_user_key, start_graph  # noqa: E402
+from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.vllm_server import start_vllm_server  # noqa: E402
 from tests.support.postgres import start_throwaway_postgres  # noqa: E402
@@ -154,19 +154,16 @@ def main() -> int:
         try:
             key = create_user_key(pg_url, "bench")
             headers = {"Authorization": f"Bearer {key}"}
-            agent = httpx.post(
-                f"{graph.base_url}/native-llm/agent/create",
-                headers=headers,
-                timeout=60,
-                json={
-                    "config": {
-                        "name": "bench",
-                        "max_tokens": args.max_tokens,
-                        "temperature": 0.0,
-                        "compliance_mode": "standard",
-                    }
+            agent = create_agent(
+                graph.base_url,
+                key,
+                {
+                    "name": "bench",
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0.0,
+                    "compliance_mode": "standard",
                 },
-            ).json()["data"]["agent_id"]
+            )
 
             def body(m: str) -> dict:
                 return {"message": m, "max_tokens": args.max_tokens, "temperature": 0.0}

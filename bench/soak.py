@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run import PROMPTS, drive, percentile  # noqa: E402
-from serve_app.launcher import GraphProcess, create_user_key, start_graph  # noqa: E402
+from serve_app.launcher import GraphProcess, create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 
 ROLES = (
@@ -188,14 +188,8 @@ def main() -> int:
 def soak(graph: GraphProcess, db_url: str, args: argparse.Namespace) -> dict[str, Any]:
     key = create_user_key(db_url, "soak")
     headers = {"Authorization": f"Bearer {key}"}
-    resp = httpx.post(
-        f"{graph.base_url}/native-llm/agent/create",
-        headers=headers,
-        json={"config": {"name": "Soak", "max_tokens": args.max_tokens, "temperature": 0.0}},
-        timeout=60,
-    )
-    resp.raise_for_status()
-    agent_id = resp.json()["data"]["agent_id"]
+    config = {"name": "Soak", "max_tokens": args.max_tokens, "temperature": 0.0}
+    agent_id = create_agent(graph.base_url, key, config)
     url = f"{graph.base_url}/native-llm/agent/{agent_id}/chat"
 
     def body(message: str) -> dict[str, Any]:

@@ -203,3 +203,15 @@ def create_user_key(database_url: str, user_id: str) -> str:
         timeout=120,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def create_agent(base_url: str, key: str, config: dict[str, Any]) -> str:
+    """A new agent through the HTTP API (as the benchmarks and tools make them); its id."""
+    resp = httpx.post(
+        f"{base_url}/native-llm/agent/create",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"config": config},
+        timeout=60,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["data"]["agent_id"])

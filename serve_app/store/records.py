@@ -6,7 +6,7 @@ which are safe to pass between threads and through Ray (they pickle).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -106,8 +106,12 @@ class InteractionRecord:
         return len(self.policy_violations)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict; ``created_at`` becomes an ISO-8601 string."""
-        data = asdict(self)
+        """Return a JSON-ready dict; ``created_at`` becomes an ISO-8601 string.
+
+        Shallow (nested lists are shared, not copied): it is on the writer's hot path,
+        where `asdict`'s deep copy cost 4x the time of the JSON encoding it feeds.
+        """
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["created_at"] = self.created_at.isoformat()
         return data
 
@@ -156,3 +160,6 @@ class AgentStats:
     interactions_last_hour: int
     first_at: datetime | None
     last_at: datetime | None
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(InteractionRecord))
