@@ -88,6 +88,11 @@ def upstream_of(agent: AgentRecord) -> dict | None:
     return backend if backend.get("type") == "openai" else None
 
 
+def agent_kind(agent: AgentRecord) -> str:
+    """ "wrapped" for an agent over an upstream model, "native" for the served model."""
+    return "wrapped" if upstream_of(agent) is not None else "native"
+
+
 class GovernedChat:
     """Runs governed exchanges for agents through the backends."""
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from serve_app.store.engine import database_unreachable
 from serve_app.store.records import InteractionRecord
 
 log = logging.getLogger("promethios.recording")
@@ -34,13 +35,7 @@ def spool_dir_for(database_url: str, base: Path) -> Path:
 
 def transient(exc: BaseException) -> bool:
     """A lost or refused connection (retry the batch later), not a record the store refuses."""
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or database_unreachable(exc)
 
 
 def _pid_alive(pid: int) -> bool:

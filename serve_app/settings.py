@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,8 +92,6 @@ RESERVED_KEY_ENVS = frozenset({"PROMETHIOS_API_KEY", "DATABASE_URL"})
 
 def upstream_key_env_allowed(name: str) -> bool:
     """Whether a wrapped agent may name `name` as the variable holding its upstream key."""
-    import re
-
     return name not in RESERVED_KEY_ENVS and bool(
         re.fullmatch(get_settings().upstream_key_env_pattern, name)
     )
@@ -99,6 +99,4 @@ def upstream_key_env_allowed(name: str) -> bool:
 
 def upstream_api_key(name: str) -> str | None:
     """The value of an allowed upstream-key variable in this process's environment."""
-    import os
-
     return os.environ.get(name) if upstream_key_env_allowed(name) else None

@@ -29,6 +29,7 @@ from serve_app.api.native.router import router as native_router
 from serve_app.api.openai.protocol import openai_error_body
 from serve_app.api.openai.router import router as openai_router
 from serve_app.errors import ApiError, error_envelope, success_envelope
+from serve_app.store.engine import database_unreachable
 
 log = logging.getLogger("promethios.api")
 
@@ -221,7 +222,7 @@ def create_api(max_body_bytes: int = 65536, cors_origins: list[str] | None = Non
 
     @api.exception_handler(DBAPIError)
     async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
-        if not _unreachable(exc):
+        if not database_unreachable(exc):
             return await on_unexpected(request, exc)
         log.warning("database unavailable on %s %s", request.method, request.url.path)
         return error_response(
@@ -263,13 +264,6 @@ def create_api(max_body_bytes: int = 65536, cors_origins: list[str] | None = Non
     api.include_router(governance_router)
     api.include_router(bench_router)
     return api
-
-
-def _unreachable(exc: DBAPIError) -> bool:
-    """A lost or refused connection (as opposed to a bad statement): worth a retry."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 async def _ping_store(services: Any) -> None:

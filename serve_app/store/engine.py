@@ -16,12 +16,20 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Session-level advisory lock key for PostgreSQL migrations ("PROM").
 _PG_MIGRATE_LOCK_KEY = 0x50524F4D
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A lost or refused database connection (worth a retry later), as opposed to a
+    statement or a row the database refuses."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def alembic_config() -> Config:

@@ -55,7 +55,7 @@ def _round(x: float | None) -> float | None:
 
 def _cards(services: Services, user: str) -> list[dict[str, Any]]:
     from serve_app.api.native.service import iso
-    from serve_app.governed_chat import upstream_of
+    from serve_app.governed_chat import agent_kind
 
     cards = []
     for agent in reversed(services.store.list_agents(user)):
@@ -69,7 +69,7 @@ def _cards(services: Services, user: str) -> list[dict[str, Any]]:
                 "description": agent.description,
                 "created_at": iso(agent.created_at),
                 "compliance_mode": agent.config.get("compliance_mode", "standard"),
-                "backend": "wrapped" if upstream_of(agent) else "native",
+                "backend": agent_kind(agent),
                 "trust_threshold": agent.config.get("trust_threshold"),
                 "status": "deployed" if dep else "created",
                 "production_agent_id": dep.production_agent_id if dep else None,

@@ -19,7 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serve_app.api.deps import CurrentUser, Services, ServicesDep, require_same_user
 from serve_app.errors import BadRequest, NotFound, success_envelope
-from serve_app.governed_chat import upstream_of
+from serve_app.governed_chat import agent_kind
 from serve_app.observability import history
 from serve_app.observability.metrics import Gauge, MetricsDelta, render
 from serve_app.observability.requests import current_hub
@@ -184,7 +184,3 @@ async def report(
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="{stem}.json"'},
     )
-
-
-def agent_kind(agent) -> str:
-    return "wrapped" if upstream_of(agent) is not None else "native"

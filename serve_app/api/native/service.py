@@ -11,7 +11,7 @@ from serve_app.api.deps import Services
 from serve_app.api.native.protocol import AgentConfig, ChatRequest
 from serve_app.conversations import budget_chars, history_within, turns_of
 from serve_app.errors import BadRequest, Gone, NotFound, PayloadTooLarge
-from serve_app.governed_chat import ChatResult, GovernedChat, upstream_of
+from serve_app.governed_chat import ChatResult, GovernedChat, agent_kind, upstream_of
 from serve_app.settings import upstream_api_key
 from serve_app.store.records import AgentRecord, AgentStats, DeploymentRecord
 
@@ -78,10 +78,14 @@ class NativeLLMService:
             return backend.get("context_window")
         return int((await self.s.backends.model_info())["max_model_len"])
 
-    async def check_max_tokens(self, config: dict[str, Any], max_tokens: int, field: str) -> None:
+    async def check_max_tokens(
+        self, config: dict[str, Any], max_tokens: int, field: str
+    ) -> int | None:
+        """400 unless `max_tokens` fits the agent's context window; returns the window."""
         limit = await self.context_window(config)
         if limit is not None and max_tokens >= limit:
             raise BadRequest(f"{field} must be below the model's context window ({limit})")
+        return limit
 
     async def check_config(self, config: AgentConfig) -> None:
         """What the schema cannot check: the token budget and the upstream key variable."""
@@ -98,7 +102,7 @@ class NativeLLMService:
         agent = await asyncio.to_thread(
             self.s.store.create_agent, user, config.name, config.description, config.model_dump()
         )
-        wrapped = upstream_of(agent) is not None
+        wrapped = agent_kind(agent) == "wrapped"
         return {
             "agent_id": agent.agent_id,
             "user_id": agent.user_id,
@@ -137,7 +141,7 @@ class NativeLLMService:
                 f"{self.s.settings.max_message_chars}"
             )
         max_tokens = body.max_tokens or int(agent.config.get("max_tokens", 128))
-        await self.check_max_tokens(agent.config, max_tokens, "max_tokens")
+        limit = await self.check_max_tokens(agent.config, max_tokens, "max_tokens")
         temperature = (
             body.temperature
             if body.temperature is not None
@@ -148,9 +152,11 @@ class NativeLLMService:
             turns = await asyncio.to_thread(
                 self.s.store.conversation, agent.agent_id, agent.user_id, body.conversation_id
             )
-            limit = await self.context_window(agent.config) or DEFAULT_UPSTREAM_CONTEXT
             budget = budget_chars(
-                limit, max_tokens, body.message, agent.config.get("system_prompt")
+                limit or DEFAULT_UPSTREAM_CONTEXT,
+                max_tokens,
+                body.message,
+                agent.config.get("system_prompt"),
             )
             history = history_within(turns, budget)
         result = await self.chat_runner.run(
