@@ -2,7 +2,9 @@
 
 Loaded from site-packages with HF_HUB_OFFLINE=1: nothing is downloaded. Mean pooling
 over the last hidden state, L2-normalised (what sentence-transformers does for this
-model), on the CPU.
+model), on the CPU. `use_weights` swaps in fine-tuned layers (serve_app/governance/
+finetune.py) before the model is quantized and traced, so the tuned encoder is served the
+same way.
 
 Cost (this is on the request path, twice per request): the encoder's linear layers are
 quantized to int8 (dynamic, per-channel weights; about 3x faster on a 2-core CPU and
@@ -101,6 +103,16 @@ class Embedder:
         self._tokenizer = None
         self._quantized = False
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._weights: dict | None = None
+        self._weights_tag = ""
+
+    def use_weights(self, weights: dict, tag: str) -> None:
+        """Serve the encoder with these state-dict entries (fine-tuned layers) replacing the
+        shipped ones; `tag` names them in `variant`. A loaded model is reloaded."""
+        with self._lock:
+            self._weights, self._weights_tag = weights, tag
+            self._model = self._traced = None
+            self._cache.clear()
 
     @property
     def variant(self) -> str:
@@ -109,7 +121,8 @@ class Embedder:
         Loads the model: whether quantization took is known only then."""
         self.load()
         kind = "int8-pc" if self._quantized else "fp32"
-        return f"all-MiniLM-L6-v2|{kind}|{self.max_tokens}|one-at-a-time"
+        tuned = f"+tuned:{self._weights_tag}" if self._weights is not None else ""
+        return f"all-MiniLM-L6-v2{tuned}|{kind}|{self.max_tokens}|one-at-a-time"
 
     def load(self) -> None:
         with self._lock:
@@ -129,6 +142,10 @@ class Embedder:
         path = str(model_dir())
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
+        if self._weights is not None:
+            unexpected = model.load_state_dict(self._weights, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"fine-tuned weights do not fit the encoder: {unexpected[:3]}")
         self._quantized = False
         if self.quantize:
             try:

@@ -45,3 +45,9 @@ def default_semantic() -> SemanticModel:
 
         _default = SemanticModel.load(get_settings().var_dir)
     return _default
+
+
+if __name__ == "__main__":  # `make model`: fine-tune (or reuse) the classifier before serving
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    model = default_semantic()
+    print(f"governance classifier ready: {model.embedder.variant}")

@@ -124,22 +124,24 @@ def test_int8_embeddings_stay_close_to_fp32() -> None:
     assert (cos > 0.95).all(), cos
 
 
-def test_classifier_cache_key_follows_data_and_variant(monkeypatch) -> None:  # noqa: ANN001
+def test_classifier_cache_keys_follow_data_params_and_variant(monkeypatch) -> None:  # noqa: ANN001
     class FakeEmbedder:
-        variant = "all-MiniLM-L6-v2|int8-pc|256"
+        variant = "all-MiniLM-L6-v2+tuned:k|int8-pc|256"
 
-    key = harm.cache_key(FakeEmbedder())  # type: ignore[arg-type]
-    assert key == harm.cache_key(FakeEmbedder())  # type: ignore[arg-type]
-    other = FakeEmbedder()
-    other.variant = "all-MiniLM-L6-v2|fp32|256"
-    assert harm.cache_key(other) != key  # type: ignore[arg-type]
+    key = harm.cache_key()
+    assert key == harm.cache_key()
     items = harm._training_items()
     changed = [*items[:-1], dataclasses.replace(items[-1], text="changed")]
     monkeypatch.setattr(harm, "_training_items", lambda: changed)
-    assert harm.cache_key(FakeEmbedder()) != key  # type: ignore[arg-type]
+    assert harm.cache_key() != key
     monkeypatch.setattr(harm, "_training_items", lambda: items)
-    monkeypatch.setattr(harm, "SCALE", harm.SCALE + 1)
-    assert harm.cache_key(FakeEmbedder()) != key  # type: ignore[arg-type]
+    monkeypatch.setattr(harm.finetune, "PARAMS", (*harm.finetune.PARAMS, "changed"))
+    assert harm.cache_key() != key
+    # The threshold is chosen on the served embeddings: it follows the variant.
+    tkey = harm.threshold_key(FakeEmbedder())  # type: ignore[arg-type]
+    other = FakeEmbedder()
+    other.variant = "all-MiniLM-L6-v2+tuned:k|fp32|256"
+    assert harm.threshold_key(other) != tkey  # type: ignore[arg-type]
 
 
 def test_single_text_tokenization_matches_the_wrapper() -> None:
