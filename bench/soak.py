@@ -148,7 +148,14 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--database-url", help="default: a throwaway PostgreSQL")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    parser.add_argument(
+        "--heap-profile",
+        type=Path,
+        help="write tracemalloc growth reports of every graph process here (slows them down)",
+    )
     args = parser.parse_args()
+    if args.heap_profile:
+        os.environ["PROMETHIOS_HEAP_PROFILE"] = str(args.heap_profile.resolve())
     t_start = time.monotonic()
     # The soak measures the graph, not the per-key limits (600 requests/min by default).
     os.environ.setdefault("PROMETHIOS_KEY_REQUESTS_PER_MINUTE", "1000000")
@@ -168,6 +175,8 @@ def main() -> int:
             result = soak(graph, db_url, args)
         finally:
             graph.stop()
+        if args.heap_profile:
+            result["heap_profile"] = heap_trends(args.heap_profile, result.get("window"))
     finally:
         if pg_stop is not None:
             pg_stop()
@@ -183,6 +192,27 @@ def main() -> int:
     print(json.dumps(result["verdict"], indent=2))
     print(f"wrote {args.out}")
     return 0 if result["verdict"]["ok"] else 1
+
+
+def heap_trends(directory: Path, window: list[float] | None) -> dict[str, Any]:
+    """Per process (from serve_app/observability/heap.py's samples, within the soak's
+    steady window): the trend of resident memory, of the bytes the allocator has in use,
+    and of the free bytes it keeps. A leak grows "in use"; fragmentation grows "kept"."""
+    out: dict[str, Any] = {}
+    for path in sorted(directory.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if window:
+            rows = [r for r in rows if window[0] <= r["t"] <= window[1]]
+        if len(rows) < 3:
+            continue
+        xs = [r["t"] for r in rows]
+        out[path.stem] = {
+            key: trend(xs, [r.get(key, 0.0) for r in rows])
+            for key in ("rss_mib", "malloc_in_use_mib", "malloc_free_kept_mib")
+        }
+        out[path.stem]["first"] = rows[0]
+        out[path.stem]["last"] = rows[-1]
+    return out
 
 
 def soak(graph: GraphProcess, db_url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -220,6 +250,7 @@ def soak(graph: GraphProcess, db_url: str, args: argparse.Namespace) -> dict[str
         )
         return sample
 
+    soak_started = time.time()
     samples = asyncio.run(
         open_loop(url, headers, rate, args.duration, args.interval, args.max_tokens, on_interval)
     )
@@ -244,6 +275,13 @@ def soak(graph: GraphProcess, db_url: str, args: argparse.Namespace) -> dict[str
         "samples": samples,
         "trend": {"rss_total_mib": memory_trend, "p50_ms": latency_trend, "rss_by_role": by_role},
         "verdict": verdict,
+        # wall-clock span of the steady samples (for the heap profile's own samples)
+        "window": [
+            round(soak_started + steady[0]["t_s"] - args.interval, 1),
+            round(soak_started + steady[-1]["t_s"], 1),
+        ]
+        if steady
+        else None,
     }
 
 

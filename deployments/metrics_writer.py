@@ -36,6 +36,7 @@ class MetricsWriter:
             self.store.insert_interactions,
             flush_interval_s=flush_interval_s,
             spool_dir=spool_dir_for(database_url, settings.spool_dir or settings.var_dir / "spool"),
+            max_pending=settings.spool_max_records,
         )
 
     async def record(self, records: list[InteractionRecord]) -> int:
@@ -62,14 +63,18 @@ class MetricsWriter:
         return await self.recorder.flush()
 
     def stats(self) -> dict[str, Any]:
-        r = self.recorder
-        return {
-            "pending": r.pending,
-            "written": r.written,
-            "failures": r.failures,
-            "last_error": r.last_error,
-            "last_flush_at": r.last_flush_at,
-        }
+        """Backlog, totals, refusals, dead letters and spool usage (see InteractionRecorder)."""
+        return self.recorder.stats()
 
     def check_health(self) -> None:
         self.store.ping()
+
+    def __del__(self) -> None:
+        """On a clean shutdown write what is buffered now; what cannot be written stays
+        in the spool for the next writer of this database."""
+        try:
+            written = self.recorder.flush_now()
+            if written:
+                log.info("wrote %d buffered record(s) at shutdown", written)
+        except Exception as exc:
+            log.warning("records left in the spool at shutdown: %s", type(exc).__name__)

@@ -8,6 +8,11 @@ the database. So an accepted record survives the writer process being killed (th
 next writer replays the segments a dead process left) and the database being
 unreachable (records wait in the buffer and the spool, and are written when it is
 back). Inserts are idempotent by message id, so a replay never doubles a row.
+
+The backlog is bounded (`max_pending` records): during a long outage, once it is
+full the writer refuses new records with `AuditBacklogFull` (the client gets 503
+`audit_unavailable` and no answer), so nothing is answered that cannot be recorded
+and the spool cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from serve_app.errors import AuditUnavailable
 from serve_app.store.engine import database_unreachable
 from serve_app.store.records import InteractionRecord
 
 log = logging.getLogger("promethios.recording")
+
+
+DEFAULT_MAX_PENDING = 100_000
+
+
+class AuditBacklogFull(AuditUnavailable):
+    """The writer's backlog is full (the database has been unreachable a while)."""
 
 
 def spool_dir_for(database_url: str, base: Path) -> Path:
@@ -46,6 +59,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 class Spool:
@@ -109,6 +129,17 @@ class Spool:
         with open(self.dir / "dead-letter.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
 
+    def usage(self) -> dict[str, int]:
+        """Segments and bytes on disk now (records not yet in the database), and the
+        dead-letter file's size."""
+        segments = [p for p in self.dir.glob("*.jsonl") if p.name != "dead-letter.jsonl"]
+        dead = self.dir / "dead-letter.jsonl"
+        return {
+            "spool_segments": len(segments),
+            "spool_bytes": sum(_size(p) for p in segments),
+            "dead_letter_bytes": _size(dead),
+        }
+
     @staticmethod
     def release(paths: list[Path]) -> None:
         for path in paths:
@@ -126,8 +157,11 @@ class InteractionRecorder:
         max_batch: int = 1000,
         retry_backoff_s: float = 0.5,
         spool_dir: Path | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self._insert = insert
+        self.max_pending = max_pending
+        self.refused = 0
         self._buffer: list[InteractionRecord] = []
         self._spool = Spool(spool_dir) if spool_dir is not None else None
         self._sealed: list[Path] = []  # spool segments whose records are all in _buffer
@@ -157,7 +191,15 @@ class InteractionRecorder:
         return len(self._buffer)
 
     def add(self, records: list[InteractionRecord]) -> None:
-        """Accept records (spooled first, when spooling); written within a flush interval."""
+        """Accept records (spooled first, when spooling); written within a flush interval.
+
+        Raises AuditBacklogFull, accepting none of them, when the backlog is full."""
+        if records and len(self._buffer) + len(records) > self.max_pending:
+            self.refused += len(records)
+            raise AuditBacklogFull(
+                f"the audit backlog is full ({len(self._buffer)} records waiting for the "
+                f"database; last error: {self.last_error or 'none'})"
+            )
         if self._spool is not None and records:
             self._spool.append(records)
         self._buffer.extend(records)
@@ -190,6 +232,43 @@ class InteractionRecorder:
             self.written += written
             self.last_flush_at = time.time()
             return written
+
+    def stats(self) -> dict[str, object]:
+        """The writer's state: backlog, totals, last error, and what the spool holds."""
+        out: dict[str, object] = {
+            "pending": self.pending,
+            "max_pending": self.max_pending,
+            "written": self.written,
+            "failures": self.failures,
+            "refused": self.refused,
+            "dead_letters": self.dead_letters,
+            "last_error": self.last_error,
+            "last_flush_at": self.last_flush_at,
+        }
+        if self._spool is not None:
+            out.update(self._spool.usage())
+        return out
+
+    def flush_now(self) -> int:
+        """Write the buffer synchronously (a clean shutdown, when the loop is gone); the
+        spool segments are released once their records are in. Returns rows inserted;
+        on failure everything stays in the spool for the next writer."""
+        if not self._buffer:
+            return 0
+        written = 0
+        if self._spool is not None:
+            sealed = self._spool.seal()
+            if sealed is not None:
+                self._sealed.append(sealed)
+        done = list(self._sealed)
+        for i in range(0, len(self._buffer), self._max_batch):
+            written += self._insert(self._buffer[i : i + self._max_batch])
+        self._buffer.clear()
+        if self._spool is not None:
+            Spool.release(done)
+            self._sealed = []
+        self.written += written
+        return written
 
     async def _isolate(self, batch: list[InteractionRecord]) -> int:
         """After a batch failed on its data (not on the connection), insert its records

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     redact_logs: bool = Field(default=True, validation_alias="PROMETHIOS_REDACT_LOGS")
     # Where the metrics writer spools accepted records until they are in the database.
     spool_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_SPOOL_DIR")
+    # Records the writer holds for an unreachable database before it refuses new chats (503).
+    spool_max_records: int = Field(
+        default=100_000, ge=1, validation_alias="PROMETHIOS_SPOOL_MAX_RECORDS"
+    )
     # Origins allowed to call the API from a browser (comma-separated); none by default.
     cors_allow_origins: str = Field(default="", validation_alias="PROMETHIOS_CORS_ALLOW_ORIGINS")
 

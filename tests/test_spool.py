@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve_app.recording import InteractionRecorder, Spool, spool_dir_for
+import pytest
+from sqlalchemy import text
+
+from serve_app.recording import AuditBacklogFull, InteractionRecorder, Spool, spool_dir_for
 from serve_app.store import Store
 from serve_app.store.records import InteractionRecord
 
@@ -117,3 +120,51 @@ def test_a_record_the_store_refuses_does_not_block_the_others(db_url: str, tmp_p
     assert rec.pending == 0 and rec.dead_letters == 1
     dead = Spool.load(tmp_path / "dead-letter.jsonl")
     assert [r.message_id for r in dead] == ["msg-000003"]
+
+
+def test_a_full_backlog_refuses_new_records_and_keeps_the_accepted(
+    db_url: str, tmp_path: Path
+) -> None:
+    store = _store(db_url)
+    up = {"db": False}
+
+    def insert(records: list[InteractionRecord]) -> int:
+        if not up["db"]:
+            raise ConnectionError("database unreachable")
+        return store.insert_interactions(records)
+
+    async def run() -> InteractionRecorder:
+        rec = InteractionRecorder(
+            insert, flush_interval_s=0.01, retry_backoff_s=0.01, spool_dir=tmp_path, max_pending=25
+        )
+        rec.start()
+        rec.add(_records(20))
+        with pytest.raises(AuditBacklogFull) as refused:
+            rec.add(_records(10, start=20))  # 30 > 25: none of the ten is accepted
+        assert refused.value.status_code == 503 and refused.value.code == "audit_unavailable"
+        assert "database unreachable" in str(refused.value) or rec.last_error is None
+        rec.add(_records(5, start=40))  # still room for five
+        stats = rec.stats()
+        assert stats["pending"] == 25 and stats["refused"] == 10
+        assert stats["spool_segments"] >= 1 and stats["spool_bytes"] > 0
+        up["db"] = True
+        for _ in range(200):
+            if rec.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+        return rec
+
+    rec = asyncio.run(run())
+    with store.engine.connect() as conn:
+        ids = set(conn.execute(text("SELECT message_id FROM interactions")).scalars())
+    assert ids == {f"msg-{i:06d}" for i in [*range(20), *range(40, 45)]}
+    assert rec.stats()["spool_segments"] == 0 and rec.stats()["pending"] == 0
+
+
+def test_flush_now_writes_the_buffer_at_shutdown(db_url: str, tmp_path: Path) -> None:
+    store = _store(db_url)
+    rec = InteractionRecorder(store.insert_interactions, spool_dir=tmp_path)
+    rec.add(_records(7))  # accepted, the background loop never ran (a clean shutdown)
+    assert rec.flush_now() == 7
+    assert store.count_interactions("native-0000000a") == 7
+    assert list(tmp_path.glob("*.jsonl")) == [] and rec.pending == 0

@@ -196,7 +196,8 @@ def _install_root_filter(on: bool) -> None:
 
 def configure_from_settings(component: str) -> None:
     """Logging as the settings say (PROMETHIOS_DEBUG, NATIVE_LLM_DEBUG, PROMETHIOS_LOG_DIR,
-    PROMETHIOS_REDACT_LOGS)."""
+    PROMETHIOS_REDACT_LOGS); also the process's heap profile when asked for
+    (PROMETHIOS_HEAP_PROFILE)."""
     from serve_app.settings import get_settings
 
     settings = get_settings()
@@ -207,3 +208,6 @@ def configure_from_settings(component: str) -> None:
         component,
         redact_logs=getattr(settings, "redact_logs", True),
     )
+    from serve_app.observability.heap import start_from_env
+
+    start_from_env(component)

@@ -65,6 +65,9 @@ def graph(
     from serve_app.model.build import ensure_default_model
 
     ensure_default_model()  # train (or reuse) the embedded model before Serve starts
+    from serve_app.governance.semantic import default_semantic
+
+    default_semantic()  # and the governance classifier (the scorer replicas reuse its cache)
     proc = start_graph(tmp, _database_url(request, tmp), timeout_s=START_TIMEOUT_S)
     try:
         yield Graph(

@@ -5,7 +5,8 @@
   one interaction row (records are spooled to disk before the writer accepts them,
   the new writer replays what the dead one left, inserts are idempotent by message id).
 - An LLM replica is killed (with its engine process): requests in flight fail fast with
-  503 `model_unavailable` in the envelope, and chats succeed again once Serve has
+  503 `model_unavailable` in the envelope, streams cut mid-answer end at once with an
+  error chunk (no hang, no unscored text), and chats succeed again once Serve has
   started a new replica.
 - PostgreSQL is stopped for a while (and the writer killed during the outage):
   requests that need the database are refused with 503 `database_unavailable`;
@@ -18,6 +19,7 @@ conftest.py); each waits until the graph is healthy again before it ends.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import threading
@@ -31,10 +33,12 @@ import pytest
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import make_url
 
+from serve_app.settings import get_settings
 from tests.integration.conftest import Graph
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
+REQUEST_TIMEOUT_S = get_settings().request_timeout_s
 RECOVERY_S = 420.0  # a new vLLM replica on a loaded 2-core machine can take minutes
 
 
@@ -92,6 +96,67 @@ class Load:
 
     def count(self, status: int) -> int:
         return sum(1 for _, _, s, _ in self.answers if s == status)
+
+
+@dataclass
+class StreamLoad:
+    """OpenAI streaming chats from `workers` threads until stopped; each stream kept as
+    (sent, ended, text, finish_reason, error_code)."""
+
+    graph: Graph
+    key: str
+    agent_id: str
+    workers: int = 2
+    max_tokens: int = 160
+    streams: list[tuple[float, float, str, str | None, str | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _one(self, c: httpx.Client, n: int, i: int) -> None:
+        sent, text_, finish, error = time.monotonic(), "", None, None
+        body = {
+            "model": self.agent_id,
+            "messages": [{"role": "user", "content": f"Tell me a long story, {n}-{i}."}],
+            "max_tokens": self.max_tokens,
+            "temperature": 1.0,
+            "stream": True,
+        }
+        try:
+            with c.stream("POST", "/v1/chat/completions", json=body, timeout=120) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    error = resp.json()["error"]["code"]
+                for line in resp.iter_lines() if resp.status_code == 200 else []:
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        error = chunk["error"]["code"]
+                    for choice in chunk.get("choices", []):
+                        text_ += choice["delta"].get("content") or ""
+                        finish = choice.get("finish_reason") or finish
+        except (httpx.HTTPError, ValueError) as exc:
+            error = f"transport: {exc!r}"
+        self.streams.append((sent, time.monotonic(), text_, finish, error))
+
+    def _run(self, n: int) -> None:
+        with self.graph.client(self.key) as c:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                self._one(c, n, i)
+
+    def __enter__(self) -> StreamLoad:
+        for n in range(self.workers):
+            t = threading.Thread(target=self._run, args=(n,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=180)
 
 
 def _assert_envelope_error(body: dict, status: int) -> None:
@@ -195,10 +260,32 @@ def test_writer_killed_during_load_loses_no_answered_chat(
     _wait_healthy(graph)
 
 
-def _kill_llm_under_load(graph: Graph, key: str, agent_id: str) -> tuple[Load, float, float]:
-    """Kill the LLM replica under load; wait until chats sent after its restart succeed."""
+def _assert_bounded_failure(
+    status: int, body: dict, sent: float, answered: float, killed_at: float
+) -> None:
+    """A request in flight when the LLM replica died: inside the engine it fails at once
+    (503 model_unavailable); still queued for the model, it waits for the replacement
+    and is answered or, if that takes longer than the request timeout, gets 504 at the
+    timeout. Never a hang beyond it."""
+    code = body["error"]["code"]
+    if status == 503:
+        assert code == "model_unavailable", body
+        assert answered - killed_at < 15, "an in-flight request hung after the kill"
+    else:
+        assert status == 504 and code == "timeout", (status, body)
+        assert answered - sent < REQUEST_TIMEOUT_S + 15, "waited beyond the request timeout"
+
+
+def _kill_llm_under_load(
+    graph: Graph, key: str, agent_id: str
+) -> tuple[Load, StreamLoad, float, float]:
+    """Kill the LLM replica under load (chats and streams); wait until chats sent after
+    its restart succeed."""
     assert graph.process is not None
-    with Load(graph, key, agent_id, workers=8, max_tokens=160, temperature=1.0) as load:
+    with (
+        Load(graph, key, agent_id, workers=6, max_tokens=160, temperature=1.0) as load,
+        StreamLoad(graph, key, agent_id) as streams,
+    ):
         time.sleep(6)
         killed_at = time.monotonic()
         killed = graph.process.kill_replica("LLMServer")
@@ -210,7 +297,7 @@ def _kill_llm_under_load(graph: Graph, key: str, agent_id: str) -> tuple[Load, f
             if any(s == 200 and sent > replaced_at for sent, _, s, _ in load.answers):
                 break
             time.sleep(1)
-    return load, killed_at, replaced_at
+    return load, streams, killed_at, replaced_at
 
 
 def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
@@ -220,16 +307,15 @@ def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
     # Requests still being scored when the replica dies wait for the new one and succeed;
     # those inside the engine fail. The kill can land when none is inside: try twice.
     for _attempt in range(2):
-        load, killed_at, replaced_at = _kill_llm_under_load(graph, key, agent_id)
+        load, streams, killed_at, replaced_at = _kill_llm_under_load(graph, key, agent_id)
         in_flight = [a for a in load.answers if a[0] < killed_at < a[1] and a[2] != 200]
-        if in_flight:
+        cut = [s for s in streams.streams if s[0] < killed_at < s[1] and s[4] is not None]
+        if in_flight and cut:
             break
     assert in_flight, "the kill hit no request in flight (twice)"
-    for _, answered, status, body in in_flight:
-        assert status == 503, (status, body)
-        _assert_envelope_error(body, status)
-        assert body["error"]["code"] == "model_unavailable", body
-        assert answered - killed_at < 15, "an in-flight request hung after the kill"
+    for sent, answered, status, body in in_flight:
+        _assert_bounded_failure(status, body, sent, answered, killed_at)
+    assert any(status == 503 for _, _, status, _ in in_flight), "none failed fast"
     for _, _, status, body in load.answers:
         assert status in (200, 503, 504), (status, body)
         if status != 200:
@@ -237,6 +323,17 @@ def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
     assert any(s == 200 and sent > replaced_at for sent, _, s, _ in load.answers), (
         "no chat succeeded once the new replica was up"
     )
+    # Streams cut by the kill end with an error chunk in OpenAI's shape, never a normal
+    # finish; the text they carried before it had passed governance (held back and
+    # scored, as always).
+    assert cut, "the kill cut no stream (twice)"
+    for sent, ended, _text, finish, error in cut:
+        assert finish is None, "a cut stream must not claim a normal finish"
+        status = 503 if error == "model_unavailable" else 504 if error == "timeout" else 0
+        _assert_bounded_failure(status, {"error": {"code": error}}, sent, ended, killed_at)
+    assert any(error == "model_unavailable" for *_, error in cut), "no stream failed fast"
+    for _, _, _text, finish, error in streams.streams:
+        assert (finish is not None) != (error is not None), (finish, error)
     _wait_healthy(graph)
 
 

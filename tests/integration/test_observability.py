@@ -68,6 +68,10 @@ def test_metrics_move_after_chats(graph: Graph, alice: str, agent: str) -> None:
     assert delta("promethios_interactions_total", channel="agent") == 2
     assert _sum(after, "promethios_active_deployments") >= 1
     assert _sum(after, "promethios_component_up", component="governance") == 1
+    # the writer's backlog, from its own stats: nothing refused, below its cap
+    assert _sum(after, "promethios_writer_max_pending") == 100_000
+    assert 0 <= _sum(after, "promethios_writer_pending") < 100_000
+    assert _sum(after, "promethios_writer_refused") == 0
     # a histogram's +Inf bucket equals its count
     inf = _sum(after, "promethios_request_duration_seconds_bucket", route=CHAT_ROUTE, le="+Inf")
     assert inf == _sum(after, "promethios_request_duration_seconds_count", route=CHAT_ROUTE)

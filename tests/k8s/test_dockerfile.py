@@ -129,3 +129,14 @@ def test_rayservice_and_readme_name_the_image_we_build() -> None:
     pushed = re.findall(r"docker push\s+(\S+)", readme)
     assert built and pushed, "README: how to build and push the image"
     assert set(built) == set(pushed) == {IMAGE}
+
+
+def test_every_way_to_start_the_graph_caps_malloc_arenas(steps: list[tuple[str, str]]) -> None:
+    """The soak found replicas' resident size creeping up with glibc's default arenas."""
+    env = " ".join(rest for word, rest in steps if word == "ENV")
+    assert re.search(r"\bMALLOC_ARENA_MAX=2\b", env)
+    assert re.search(r"^export MALLOC_ARENA_MAX \?= 2$", (REPO / "Makefile").read_text(), re.M)
+    assert (
+        'env.setdefault("MALLOC_ARENA_MAX", "2")'
+        in (REPO / "serve_app" / "launcher.py").read_text()
+    )

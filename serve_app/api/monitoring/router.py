@@ -55,6 +55,7 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
         )
     except Exception:
         pass
+    gauges.extend(await _writer_gauges(services))
     health = await services.backends.health()
     health["metrics_writer"] = health.get("metrics_writer", "ok") if writer_up else "down"
     for component, state in sorted(health.items()):
@@ -67,6 +68,29 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
             )
         )
     return Response(render(totals, gauges), media_type=CONTENT_TYPE_LATEST)
+
+
+WRITER_GAUGES = {
+    "pending": "Records accepted by the metrics writer and not yet in the database.",
+    "max_pending": "Backlog at which the writer refuses new records (503 audit_unavailable).",
+    "refused": "Records refused because the backlog was full, since the writer started.",
+    "dead_letters": "Records the database refused, set aside in the dead-letter file.",
+    "spool_bytes": "Bytes of spooled records on the writer's disk, not yet in the database.",
+    "dead_letter_bytes": "Bytes in the writer's dead-letter file.",
+}
+
+
+async def _writer_gauges(services: Services) -> list[Gauge]:
+    """The metrics writer's backlog as gauges (none when it does not answer)."""
+    try:
+        stats = await services.backends.writer_stats()
+    except Exception:
+        return []
+    return [
+        Gauge(f"promethios_writer_{name}", help_, float(stats[name]))
+        for name, help_ in WRITER_GAUGES.items()
+        if isinstance(stats.get(name), (int, float))
+    ]
 
 
 async def _owned_agent(services: Services, agent_id: str, user: str) -> AgentRecord:
