@@ -8,6 +8,8 @@ EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
+export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: install model run browser test test-fast bench bench-autoscale bench-wrapped clean
 
@@ -25,6 +27,7 @@ endif
 
 model: install
 	$(PY) -m serve_app.model.build
+	$(PY) -m serve_app.governance.semantic
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

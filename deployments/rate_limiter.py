@@ -19,8 +19,9 @@ class RateLimiterDeployment:
     def __init__(self) -> None:
         self.limiter = RateLimiter()
 
-    def acquire(self, scopes: dict[str, Limit]) -> Decision:
+    # async: microseconds of work, answered on the replica's loop with no thread-pool hop.
+    async def acquire(self, scopes: dict[str, Limit]) -> Decision:
         return self.limiter.acquire(scopes)
 
-    def charge(self, scopes: dict[str, Limit], tokens: int) -> None:
+    async def charge(self, scopes: dict[str, Limit], tokens: int) -> None:
         self.limiter.charge(scopes, tokens)

@@ -54,6 +54,7 @@ class Backends(Protocol):
     async def flush(self) -> None: ...
     async def model_info(self) -> dict[str, Any]: ...
     async def health(self) -> dict[str, str]: ...
+    async def writer_stats(self) -> dict[str, Any]: ...
 
 
 async def _bounded(coro: Any, timeout_s: float, what: str, unavailable: type[Exception]) -> Any:
@@ -133,7 +134,11 @@ class RayBackends:
     ) -> Generation:
         target, lead, timeout_s = self._model(upstream)
         call = target.generate.remote(*lead, messages, sampling, request_id)
-        return await _bounded(call, timeout_s, "model", ModelUnavailable)
+        try:
+            return await _bounded(call, timeout_s, "model", ModelUnavailable)
+        except asyncio.CancelledError:
+            call.cancel()  # the replica's task is cancelled and the engine aborts the request
+            raise
 
     def stream(
         self,
@@ -155,6 +160,10 @@ class RayBackends:
         await _bounded(
             self.writer.flush.remote(), self.timeout_s, "metrics writer", AuditUnavailable
         )
+
+    async def writer_stats(self) -> dict[str, Any]:
+        """The metrics writer's backlog, refusals, dead letters and spool (recording.py)."""
+        return await _bounded(self.writer.stats.remote(), 5.0, "metrics writer", AuditUnavailable)
 
     async def model_info(self) -> dict[str, Any]:
         if self._model_info is None:
@@ -230,6 +239,9 @@ class LocalBackends:
 
     async def flush(self) -> None:
         await self.recorder.flush()
+
+    async def writer_stats(self) -> dict[str, Any]:
+        return self.recorder.stats()
 
     async def model_info(self) -> dict[str, Any]:
         from dataclasses import asdict

@@ -172,6 +172,8 @@ def start_graph(
     log_path = workdir / "serve.log"
     env = {**os.environ, **(env or {}), "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
     env.setdefault("PROMETHIOS_LOG_DIR", str(workdir / "logs"))  # the seed's log files
+    # As `make run` and the image do: without it replicas' resident size creeps up.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     env.pop("DATABASE_URL", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

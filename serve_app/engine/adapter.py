@@ -7,6 +7,7 @@ request fits the context window, and returns measured token counts.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -60,6 +61,10 @@ class ModelInfo:
     vocab_size: int
 
 
+# How long vLLM's engine processes spin waiting for each other (vLLM's own: 1 s).
+DEFAULT_BUSY_LOOP_S = "0.002"
+
+
 class EngineAdapter:
     """Owns one vLLM AsyncLLM; `generate` and `stream` take chat messages."""
 
@@ -94,6 +99,8 @@ class EngineAdapter:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # The engine's processes (spawned below) inherit it: see engine/vllm_plugin.py.
+        os.environ.setdefault("PROMETHIOS_VLLM_BUSY_LOOP_S", DEFAULT_BUSY_LOOP_S)
         args = AsyncEngineArgs(**{k: v for k, v in self._engine_kwargs.items() if v is not None})
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
