@@ -210,11 +210,7 @@ class InteractionRecorder:
         """Write everything buffered now; returns rows inserted; raises if the store fails."""
         async with self._lock:
             written = 0
-            if self._spool is not None:
-                sealed = self._spool.seal()  # everything in it is in the buffer now
-                if sealed is not None:
-                    self._sealed.append(sealed)
-            done = list(self._sealed)
+            done = self._segments_in_buffer()
             while self._buffer:
                 batch = self._buffer[: self._max_batch]
                 try:
@@ -226,12 +222,24 @@ class InteractionRecorder:
                         raise
                     written += await self._isolate(batch)
                 del self._buffer[: len(batch)]
-            if self._spool is not None:
-                Spool.release(done)
-                self._sealed = [p for p in self._sealed if p not in done]
+            self._release(done)
             self.written += written
             self.last_flush_at = time.time()
             return written
+
+    def _segments_in_buffer(self) -> list[Path]:
+        """Seal the open spool segment and list every segment whose records are all in
+        the buffer now (released once the buffer is written)."""
+        if self._spool is not None:
+            sealed = self._spool.seal()
+            if sealed is not None:
+                self._sealed.append(sealed)
+        return list(self._sealed)
+
+    def _release(self, done: list[Path]) -> None:
+        if self._spool is not None:
+            Spool.release(done)
+            self._sealed = [p for p in self._sealed if p not in done]
 
     def stats(self) -> dict[str, object]:
         """The writer's state: backlog, totals, last error, and what the spool holds."""
@@ -256,17 +264,11 @@ class InteractionRecorder:
         if not self._buffer:
             return 0
         written = 0
-        if self._spool is not None:
-            sealed = self._spool.seal()
-            if sealed is not None:
-                self._sealed.append(sealed)
-        done = list(self._sealed)
+        done = self._segments_in_buffer()
         for i in range(0, len(self._buffer), self._max_batch):
             written += self._insert(self._buffer[i : i + self._max_batch])
         self._buffer.clear()
-        if self._spool is not None:
-            Spool.release(done)
-            self._sealed = []
+        self._release(done)
         self.written += written
         return written
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def _insert_unless_down(store: Store) -> tuple[Callable, dict[str, bool]]:
+    """The store's insert, failing as an unreachable database while `up["db"]` is False."""
+    up = {"db": False}
+
+    def insert(records: list[InteractionRecord]) -> int:
+        if not up["db"]:
+            raise ConnectionError("database unreachable")
+        return store.insert_interactions(records)
+
+    return insert, up
 
 
 def _store(db_url: str) -> Store:
@@ -62,12 +75,7 @@ def test_segments_of_a_killed_writer_are_replayed_once(db_url: str, tmp_path: Pa
 
 def test_database_outage_keeps_records_until_it_returns(db_url: str, tmp_path: Path) -> None:
     store = _store(db_url)
-    up = {"db": False}
-
-    def insert(records: list[InteractionRecord]) -> int:
-        if not up["db"]:
-            raise ConnectionError("database unreachable")
-        return store.insert_interactions(records)
+    insert, up = _insert_unless_down(store)
 
     spool = spool_dir_for(db_url, tmp_path)
 
@@ -126,12 +134,7 @@ def test_a_full_backlog_refuses_new_records_and_keeps_the_accepted(
     db_url: str, tmp_path: Path
 ) -> None:
     store = _store(db_url)
-    up = {"db": False}
-
-    def insert(records: list[InteractionRecord]) -> int:
-        if not up["db"]:
-            raise ConnectionError("database unreachable")
-        return store.insert_interactions(records)
+    insert, up = _insert_unless_down(store)
 
     async def run() -> InteractionRecorder:
         rec = InteractionRecorder(

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -43,43 +44,27 @@ RECOVERY_S = 420.0  # a new vLLM replica on a loaded 2-core machine can take min
 
 
 @dataclass
-class Load:
-    """Chats from `workers` threads until stopped; every answer kept."""
+class _Workers:
+    """`workers` threads, each sending one request after another (`_one`) until stopped."""
 
     graph: Graph
     key: str
     agent_id: str
     workers: int = 3
-    max_tokens: int = 8
-    temperature: float = 0.7
-    # (sent, answered, status, body), times from time.monotonic()
-    answers: list[tuple[float, float, int, dict]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _one(self, c: httpx.Client, n: int, i: int) -> None:
+        raise NotImplementedError
 
     def _run(self, n: int) -> None:
         with self.graph.client(self.key) as c:
             i = 0
             while not self._stop.is_set():
                 i += 1
-                sent = time.monotonic()
-                try:
-                    resp = c.post(
-                        f"/native-llm/agent/{self.agent_id}/chat",
-                        json={
-                            "message": f"Tell me where my order {n}-{i} is.",
-                            "max_tokens": self.max_tokens,
-                            "temperature": self.temperature,
-                        },
-                        timeout=120,
-                    )
-                    body = resp.json()
-                    status = resp.status_code
-                except (httpx.HTTPError, ValueError) as exc:
-                    status, body = 0, {"transport_error": repr(exc)}
-                self.answers.append((sent, time.monotonic(), status, body))
+                self._one(c, n, i)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for n in range(self.workers):
             t = threading.Thread(target=self._run, args=(n,), daemon=True)
             t.start()
@@ -91,6 +76,34 @@ class Load:
         for t in self._threads:
             t.join(timeout=180)
 
+
+@dataclass
+class Load(_Workers):
+    """Chats from `workers` threads until stopped; every answer kept."""
+
+    max_tokens: int = 8
+    temperature: float = 0.7
+    # (sent, answered, status, body), times from time.monotonic()
+    answers: list[tuple[float, float, int, dict]] = field(default_factory=list)
+
+    def _one(self, c: httpx.Client, n: int, i: int) -> None:
+        sent = time.monotonic()
+        try:
+            resp = c.post(
+                f"/native-llm/agent/{self.agent_id}/chat",
+                json={
+                    "message": f"Tell me where my order {n}-{i} is.",
+                    "max_tokens": self.max_tokens,
+                    "temperature": self.temperature,
+                },
+                timeout=120,
+            )
+            body = resp.json()
+            status = resp.status_code
+        except (httpx.HTTPError, ValueError) as exc:
+            status, body = 0, {"transport_error": repr(exc)}
+        self.answers.append((sent, time.monotonic(), status, body))
+
     def ok_ids(self) -> list[str]:
         return [b["data"]["message_id"] for _, _, s, b in self.answers if s == 200]
 
@@ -99,18 +112,13 @@ class Load:
 
 
 @dataclass
-class StreamLoad:
+class StreamLoad(_Workers):
     """OpenAI streaming chats from `workers` threads until stopped; each stream kept as
     (sent, ended, text, finish_reason, error_code)."""
 
-    graph: Graph
-    key: str
-    agent_id: str
     workers: int = 2
     max_tokens: int = 160
     streams: list[tuple[float, float, str, str | None, str | None]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def _one(self, c: httpx.Client, n: int, i: int) -> None:
         sent, text_, finish, error = time.monotonic(), "", None, None
@@ -138,25 +146,6 @@ class StreamLoad:
         except (httpx.HTTPError, ValueError) as exc:
             error = f"transport: {exc!r}"
         self.streams.append((sent, time.monotonic(), text_, finish, error))
-
-    def _run(self, n: int) -> None:
-        with self.graph.client(self.key) as c:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                self._one(c, n, i)
-
-    def __enter__(self) -> StreamLoad:
-        for n in range(self.workers):
-            t = threading.Thread(target=self._run, args=(n,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=180)
 
 
 def _assert_envelope_error(body: dict, status: int) -> None:
