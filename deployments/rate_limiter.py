@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from serve_app.ratelimit import Decision, Limit, RateLimiter
+from serve_app.ratelimit import Charges, Decision, Limit, RateLimiter
 
 
 @serve.deployment(
@@ -14,14 +14,15 @@ from serve_app.ratelimit import Decision, Limit, RateLimiter
     max_ongoing_requests=1000,
 )
 class RateLimiterDeployment:
-    """Token buckets per scope: `acquire` admits a request, `charge` takes its tokens."""
+    """Token buckets per scope: `acquire` applies the ingress's pending token charges and
+    admits a request; `charge_many` applies charges that no acquire carried."""
 
     def __init__(self) -> None:
         self.limiter = RateLimiter()
 
     # async: microseconds of work, answered on the replica's loop with no thread-pool hop.
-    async def acquire(self, scopes: dict[str, Limit]) -> Decision:
-        return self.limiter.acquire(scopes)
+    async def acquire(self, scopes: dict[str, Limit], charges: Charges | None = None) -> Decision:
+        return self.limiter.acquire(scopes, charges)
 
-    async def charge(self, scopes: dict[str, Limit], tokens: int) -> None:
-        self.limiter.charge(scopes, tokens)
+    async def charge_many(self, charges: Charges) -> None:
+        self.limiter.charge_many(charges)

@@ -12,7 +12,10 @@ Semantics:
   from each; if any scope refuses, nothing is taken;
 - tokens are charged after the answer (`charge`), by the measured prompt plus
   completion tokens; a bucket may go into debt, and the scope is refused until
-  it refills above zero.
+  it refills above zero;
+- charges may arrive folded into the next `acquire` (`Charges`: tokens per scope
+  key, summed): they are applied before that admission is decided, so a caller
+  that defers its charges sees the same decisions as one that sends them at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class Limit:
     @property
     def unlimited(self) -> bool:
         return self.requests_per_minute is None and self.tokens_per_minute is None
+
+
+# Deferred token charges: scope key -> (its limit, tokens to take).
+Charges: TypeAlias = dict[str, tuple[Limit, int]]
 
 
 @dataclass
@@ -123,8 +131,11 @@ class RateLimiter:
         scope.used_at = now
         return scope
 
-    def acquire(self, scopes: dict[str, Limit]) -> Decision:
-        """Admit one request under every scope, or refuse without taking anything."""
+    def acquire(self, scopes: dict[str, Limit], charges: Charges | None = None) -> Decision:
+        """Apply `charges` (tokens of earlier answers), then admit one request under every
+        scope, or refuse without taking anything."""
+        if charges:
+            self.charge_many(charges)
         now = self._clock()
         self._prune(now)
         live = {k: self._scope(k, lim, now) for k, lim in scopes.items() if not lim.unlimited}
@@ -159,6 +170,11 @@ class RateLimiter:
             s = self._scope(key, lim, now)
             assert s.tokens is not None
             s.tokens.level -= tokens
+
+    def charge_many(self, charges: Charges) -> None:
+        """Each scope's tokens, as `charge` takes them."""
+        for key, (lim, tokens) in charges.items():
+            self.charge({key: lim}, tokens)
 
     def _prune(self, now: float) -> None:
         if len(self._scopes) < 1024:

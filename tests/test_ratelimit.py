@@ -67,3 +67,85 @@ def test_a_changed_limit_starts_a_fresh_bucket_and_unlimited_is_free() -> None:
 
 def test_duration_format() -> None:
     assert duration(0.5) == "0.5s" and duration(1) == "1s" and duration(360) == "6m0s"
+
+
+def test_charges_folded_into_acquire_are_applied_before_the_decision() -> None:
+    clock = Clock()
+    rl = RateLimiter(clock)
+    lim = Limit(tokens_per_minute=600)
+    assert rl.acquire({"k": lim}).allowed
+    refused = rl.acquire({"k": lim}, {"k": (lim, 900)})  # the first answer's tokens
+    assert not refused.allowed and refused.remaining_tokens == 0
+    rl.charge_many({"k": (lim, 0), "other": (Limit(tokens_per_minute=10), 20)})
+    assert not rl.acquire({"other": Limit(tokens_per_minute=10)}).allowed
+
+
+def _admission_limits(limiter: RateLimiter, calls: list[str]):  # noqa: ANN202
+    from serve_app.api.limits import RateLimits
+
+    async def acquire(scopes, charges):  # noqa: ANN001, ANN202
+        calls.append(f"acquire:{sum(t for _, t in charges.values())}")
+        return limiter.acquire(scopes, charges)
+
+    async def charge_many(charges):  # noqa: ANN001, ANN202
+        calls.append(f"charge:{sum(t for _, t in charges.values())}")
+        limiter.charge_many(charges)
+
+    return RateLimits(acquire, charge_many, Limit(tokens_per_minute=1000), flush_after_s=0.05)
+
+
+def test_deferred_charges_ride_on_the_next_acquire_or_are_flushed_when_idle() -> None:
+    import asyncio
+
+    from serve_app.errors import RateLimited
+
+    async def scenario() -> list[str]:
+        calls: list[str] = []
+        limits = _admission_limits(RateLimiter(), calls)
+        first = await limits.admit("key-a", None)
+        await limits.charge(first, 700)
+        await limits.charge(await limits.admit("key-a", None), 400)  # carries the 700
+        await asyncio.sleep(0.2)  # idle: the 400 is flushed on its own
+        try:
+            await limits.admit("key-a", None)  # 1000 - 1100 < 0: refused
+        except RateLimited:
+            calls.append("refused")
+        return calls
+
+    assert asyncio.run(scenario()) == ["acquire:0", "acquire:700", "charge:400", "acquire:0",
+                                       "refused"]  # fmt: skip
+
+
+def test_charges_are_kept_when_the_limiter_cannot_be_reached() -> None:
+    import asyncio
+
+    from serve_app.api.limits import Admission, RateLimits
+    from serve_app.errors import ServiceUnavailable
+    from serve_app.ratelimit import Decision
+
+    limiter = RateLimiter()
+    up = {"ok": False}
+
+    async def acquire(scopes, charges):  # noqa: ANN001, ANN202
+        if not up["ok"]:
+            raise ConnectionError("limiter down")
+        return limiter.acquire(scopes, charges)
+
+    async def charge_many(charges):  # noqa: ANN001, ANN202
+        raise ConnectionError("limiter down")
+
+    async def scenario() -> tuple[bool, bool]:
+        limits = RateLimits(acquire, charge_many, Limit(tokens_per_minute=100), flush_after_s=0.01)
+        scopes = {"key:x": Limit(tokens_per_minute=100)}
+        await limits.charge(Admission(scopes, Decision(True)), 500)
+        await asyncio.sleep(0.05)  # the flush fails: kept
+        try:
+            await limits.admit("x", None)
+        except ServiceUnavailable:
+            pass
+        up["ok"] = True
+        admitted = await limits.admit("x", None)  # carries the kept 500 tokens to key:x
+        return admitted.decision.allowed, limiter.acquire(scopes).allowed
+
+    # Admitted under its own key's scope; key:x is 400 tokens in debt, so refused.
+    assert asyncio.run(scenario()) == (True, False)

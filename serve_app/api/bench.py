@@ -1,7 +1,8 @@
 """Bench-only routes, enabled by the application arg `bench_routes: true` (404 otherwise).
 
-POST /bench/ungoverned/{agent_id}/chat   the same exchange with no governance scoring,
-                                         so `make bench` can state governance overhead
+POST /bench/ungoverned/{agent_id}/chat   the same exchange with no governance scoring
+                                         (still authenticated, rate-limited and recorded),
+                                         so `make bench` can state governance's overhead
 POST /bench/writer?n=N                   push N synthetic records through the metrics
                                          writer and flush: its sustained insert rate
 """
@@ -12,9 +13,10 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from serve_app.api.deps import CurrentUser, ServicesDep
+from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest
 from serve_app.errors import NotFound, success_envelope
 from serve_app.store.records import InteractionRecord
@@ -29,13 +31,14 @@ def _require_enabled(services: ServicesDep) -> None:
 
 @router.post("/ungoverned/{agent_id}/chat")
 async def ungoverned_chat(
-    agent_id: str, body: ChatRequest, user: CurrentUser, services: ServicesDep
+    agent_id: str, body: ChatRequest, request: Request, user: CurrentUser, services: ServicesDep
 ) -> dict:
     _require_enabled(services)
     from serve_app.api.native.router import _service
 
     svc = _service(services)
     agent = await svc.get_agent(agent_id, user)
+    admission = await admit(services, request, None)  # rate limits are not governance
     started = time.perf_counter()
     message_id = f"msg-{uuid.uuid4().hex[:16]}"
     gen = await services.backends.generate(
@@ -47,6 +50,7 @@ async def ungoverned_chat(
         message_id,
     )
     elapsed_ms = (time.perf_counter() - started) * 1000.0
+    await settler(services)(admission, gen.prompt_tokens + gen.completion_tokens)
     await services.backends.record(
         [
             InteractionRecord(

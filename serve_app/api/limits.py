@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.errors import RateLimited, ServiceUnavailable
-from serve_app.ratelimit import Decision, Limit, RateLimiter
+from serve_app.ratelimit import Charges, Decision, Limit, RateLimiter
 from serve_app.settings import Settings
 from serve_app.store import hash_api_key
 from serve_app.store.records import DeploymentRecord
@@ -37,36 +37,66 @@ def deployment_limit(rate_limit: dict[str, Any] | None) -> Limit:
 
 
 class RateLimits:
-    """Admits chat requests under the key's and the deployment's limits; charges tokens."""
+    """Admits chat requests under the key's and the deployment's limits; charges tokens.
 
-    def __init__(self, acquire: Any, charge: Any, key_limit: Limit, timeout_s: float = 5.0):
-        self._acquire, self._charge = acquire, charge
+    Charges are not a call of their own: `charge` adds the tokens to this replica's
+    pending charges, which travel with the next `acquire` (applied before it is decided)
+    or, when no request comes for `flush_after_s`, in one `charge_many` call. One call to
+    the shared limiter per request instead of two, and none after the answer; another
+    ingress replica sees the tokens at most `flush_after_s` late.
+    """
+
+    def __init__(
+        self,
+        acquire: Any,
+        charge_many: Any,
+        key_limit: Limit,
+        timeout_s: float = 5.0,
+        flush_after_s: float = 0.25,
+    ):
+        self._acquire, self._charge_many = acquire, charge_many
         self.key_limit = key_limit
         self.timeout_s = timeout_s
+        self.flush_after_s = flush_after_s
+        self._pending: Charges = {}
+        self._flusher: asyncio.Task | None = None
 
     @classmethod
     def for_handle(cls, handle: Any, settings: Settings) -> RateLimits:
         """Through the RateLimiter deployment (shared by all ingress replicas)."""
 
-        async def acquire(scopes: dict[str, Limit]) -> Decision:
-            return await handle.acquire.remote(scopes)
+        async def acquire(scopes: dict[str, Limit], charges: Charges) -> Decision:
+            return await handle.acquire.remote(scopes, charges)
 
-        async def charge(scopes: dict[str, Limit], tokens: int) -> None:
-            await handle.charge.remote(scopes, tokens)
+        async def charge_many(charges: Charges) -> None:
+            await handle.charge_many.remote(charges)
 
-        return cls(acquire, charge, _key_limit(settings))
+        return cls(acquire, charge_many, _key_limit(settings))
 
     @classmethod
     def local(cls, limiter: RateLimiter, key_limit: Limit) -> RateLimits:
         """In-process (tests, tools without Ray)."""
 
-        async def acquire(scopes: dict[str, Limit]) -> Decision:
-            return limiter.acquire(scopes)
+        async def acquire(scopes: dict[str, Limit], charges: Charges) -> Decision:
+            return limiter.acquire(scopes, charges)
 
-        async def charge(scopes: dict[str, Limit], tokens: int) -> None:
-            limiter.charge(scopes, tokens)
+        async def charge_many(charges: Charges) -> None:
+            limiter.charge_many(charges)
 
-        return cls(acquire, charge, key_limit)
+        return cls(acquire, charge_many, key_limit)
+
+    def _take_pending(self) -> Charges:
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def _restore(self, charges: Charges) -> None:
+        """Put charges that could not be delivered back in front of newer ones."""
+        for key, (lim, tokens) in charges.items():
+            self._add(key, lim, tokens)
+
+    def _add(self, key: str, lim: Limit, tokens: int) -> None:
+        held = self._pending.get(key)
+        self._pending[key] = (lim, tokens + (held[1] if held else 0))
 
     async def admit(self, api_key: str, deployment: DeploymentRecord | None) -> Admission:
         """Take one request from each scope; raises RateLimited (429) when any is empty."""
@@ -75,9 +105,13 @@ class RateLimits:
             scopes[f"deployment:{deployment.deployment_id}"] = deployment_limit(
                 deployment.rate_limit
             )
+        charges = self._take_pending()
         try:
-            decision = await asyncio.wait_for(self._acquire(scopes), timeout=self.timeout_s)
+            decision = await asyncio.wait_for(
+                self._acquire(scopes, charges), timeout=self.timeout_s
+            )
         except Exception as exc:
+            self._restore(charges)
             raise ServiceUnavailable(f"rate limiter unavailable: {type(exc).__name__}") from exc
         if not decision.allowed:
             which = (decision.scope or "").split(":")[0] or "request"
@@ -89,9 +123,32 @@ class RateLimits:
         return Admission(scopes, decision)
 
     async def charge(self, admission: Admission, tokens: int) -> None:
-        """Charge the measured tokens; a failure here is logged by the caller, not raised."""
-        if tokens > 0:
-            await asyncio.wait_for(self._charge(admission.scopes, tokens), timeout=self.timeout_s)
+        """Owe the measured tokens to the admission's scopes (sent with the next acquire or
+        within `flush_after_s`); never raises."""
+        if tokens <= 0:
+            return
+        for key, lim in admission.scopes.items():
+            if lim.tokens_per_minute is not None:
+                self._add(key, lim, tokens)
+        if self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        """Send what is still pending after `flush_after_s` (no acquire took it along)."""
+        await asyncio.sleep(self.flush_after_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Deliver pending charges now (kept for the next try when the limiter fails)."""
+        charges = self._take_pending()
+        if not charges:
+            return
+        try:
+            await asyncio.wait_for(self._charge_many(charges), timeout=self.timeout_s)
+        except Exception:
+            self._restore(charges)
+            log.warning("could not charge tokens to %s; retried with the next request",
+                        list(charges))  # fmt: skip
 
 
 def _key_limit(settings: Settings) -> Limit:
@@ -114,15 +171,11 @@ async def admit(
 
 
 def settler(services: Any) -> Any:
-    """A coroutine function charging an admission's measured tokens (errors logged)."""
+    """A coroutine function charging an admission's measured tokens (deferred: RateLimits)."""
 
     async def settle(admission: Admission | None, tokens: int) -> None:
         limits: RateLimits | None = getattr(services, "limiter", None)
-        if limits is None or admission is None:
-            return
-        try:
+        if limits is not None and admission is not None:
             await limits.charge(admission, tokens)
-        except Exception:
-            log.warning("could not charge %d tokens to %s", tokens, list(admission.scopes))
 
     return settle

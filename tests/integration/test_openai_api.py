@@ -157,6 +157,34 @@ def test_deploy_with_rate_limit_then_429_then_undeploy(
     assert err.value.status_code == 410
 
 
+def test_token_limit_counts_the_previous_answer_at_the_next_request(
+    graph: Graph, alice: str, agent_id: str
+) -> None:
+    """Tokens are charged after the answer (deferred to the next admission): the answer that
+    overdraws the bucket is delivered, the request after it is refused, the bucket refills."""
+    with graph.client(alice) as c:
+        dep = _data(
+            c.post(
+                f"/native-llm/agent/{agent_id}/deploy",
+                json={"rate_limit": {"tokens_per_minute": 5}},
+            )
+        )
+        url = f"/api/v1/agents/{dep['production_agent_id']}/chat"
+        try:
+            first = c.post(url, json={"message": "Tell me about returns.", "max_tokens": 32})
+            assert first.status_code == 200, first.text
+            used = first.json()["data"]["usage"]["total_tokens"]
+            assert used > 5  # prompt + completion overdraw the 5-token bucket
+            over = c.post(url, json={"message": "Hi", "max_tokens": 8})
+            assert over.status_code == 429, over.text
+            assert over.headers["x-ratelimit-limit-tokens"] == "5"  # the refusing scope
+            assert over.headers["x-ratelimit-remaining-tokens"] == "0"
+            # in debt by used - 5 tokens, refilled at 5/60 token/s: Retry-After says when
+            assert int(over.headers["retry-after"]) >= int((used - 5) * 12)
+        finally:
+            c.post(f"/native-llm/agent/{agent_id}/undeploy")
+
+
 def test_time_to_first_token_streaming_vs_whole_answer(
     client: openai.OpenAI, agent_id: str
 ) -> None:
