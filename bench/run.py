@@ -26,6 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import cpu  # noqa: E402
 from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.vllm_server import start_vllm_server  # noqa: E402
@@ -102,10 +103,16 @@ def _r(x: float | None) -> float | None:
 
 
 def run_levels(url, headers, body_for, tokens_of, duration_s) -> dict[str, Any]:
+    """Each level's figures; at concurrency 16 also the CPU ms per request by process role."""
     out = {}
     asyncio.run(drive(url, headers, body_for, 4, 3.0, tokens_of))  # warm-up
     for c in LEVELS:
+        before = cpu.snapshot()
         out[str(c)] = asyncio.run(drive(url, headers, body_for, c, duration_s, tokens_of))
+        if c == 16:
+            out[str(c)]["cpu_ms_per_request"] = cpu.per_request(
+                before, cpu.snapshot(), out[str(c)]["requests"]
+            )
         print(f"  c={c}: {out[str(c)]}", flush=True)
     return out
 
@@ -217,6 +224,11 @@ def main() -> int:
             "governed_vs_ungoverned_c16": _ratio(governed["16"]["rps"], ungoverned["16"]["rps"]),
             "governed_vs_ungoverned_c64": _ratio(governed["64"]["rps"], ungoverned["64"]["rps"]),
             "p50_c1_governed_over_peer": _ratio(governed["1"]["p50_ms"], peer["1"]["p50_ms"]),
+        },
+        "cpu_ms_per_request_c16": {
+            "governed": governed["16"].get("cpu_ms_per_request"),
+            "ungoverned": ungoverned["16"].get("cpu_ms_per_request"),
+            "peer_vllm": peer["16"].get("cpu_ms_per_request"),
         },
         "levels": {"governed": governed, "ungoverned": ungoverned, "peer_vllm": peer},
         "machine": {
