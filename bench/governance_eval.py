@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serve_app.governance.dataset import LABELS, load_items  # noqa: E402
+from serve_app.governance.hazards import HAZARDS  # noqa: E402
 from serve_app.governance.policy import PolicySet  # noqa: E402
 from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import default_semantic  # noqa: E402
@@ -36,6 +37,7 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
     fn: Counter[str] = Counter()
     support: Counter[str] = Counter()
     benign_total = benign_flagged = 0
+    hazard_total = hazard_caught = 0  # harmful items flagged under any hazard category
     confusions: Counter[str] = Counter()
     for item in items:
         direction = "output" if item.kind == "response" else "input"
@@ -45,6 +47,9 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
         if item.label == "benign":
             benign_total += 1
             benign_flagged += bool(predicted)
+        if item.label in HAZARDS:
+            hazard_total += 1
+            hazard_caught += bool(predicted & set(HAZARDS))
         for label in gold:
             support[label] += 1
         for label in predicted | gold:
@@ -74,6 +79,12 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
         "items": len(items),
         "per_category": per_category,
         "macro_f1_harmful": round(statistics.mean(per_category[c]["f1"] for c in harmful), 3),
+        # What blocking needs: a harmful item flagged as any hazard is blocked (strict,
+        # standard) even when its category is wrong.
+        "hazard_items": hazard_total,
+        "hazard_flagged_any_category": round(hazard_caught / hazard_total, 4)
+        if hazard_total
+        else None,
         "benign_items": benign_total,
         "benign_false_positive_rate": round(benign_flagged / benign_total, 4),
         "top_confusions": dict(confusions.most_common(8)),

@@ -29,7 +29,7 @@ from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
 
 log = logging.getLogger("promethios.governance.harm")
-FORMAT = 3
+FORMAT = 4  # 4: the encoder depth is stored with the weights
 # Dev benign items the threshold may flag. Test allows 3 %; dev has ~260 benign items in
 # groups of five framings of one seed, so one seed more or less moves the rate by 2 %.
 MAX_DEV_BENIGN_FPR = 0.02
@@ -89,7 +89,7 @@ class HarmClassifier:
         Points `embedder` at the fine-tuned encoder: its embeddings are what the head reads."""
         key = cache_key()
         weights = _load_or_tune(cache_dir / f"harm-v{FORMAT}-{key}.pt")
-        embedder.use_weights(weights.encoder, key)
+        embedder.use_weights(weights.encoder, key, weights.layers)
         path = cache_dir / f"harm-v{FORMAT}-{key}-threshold-{threshold_key(embedder)}.json"
         if path.exists():
             try:
@@ -112,7 +112,9 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
     if path.exists():
         try:
             z = torch.load(path, weights_only=True)
-            return finetune.TunedWeights(z["encoder"], z["w"].numpy(), z["b"].numpy())
+            return finetune.TunedWeights(
+                z["encoder"], z["w"].numpy(), z["b"].numpy(), int(z["layers"])
+            )
         except (OSError, RuntimeError, KeyError, ValueError):
             log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
     texts, labels = training_set()
@@ -129,7 +131,7 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
     os.close(fd)
     blob = {"encoder": weights.encoder, "w": torch.from_numpy(weights.w),
-            "b": torch.from_numpy(weights.b)}  # fmt: skip
+            "b": torch.from_numpy(weights.b), "layers": weights.layers}  # fmt: skip
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return weights

@@ -42,6 +42,10 @@ def test_flags_unseen_harm_and_passes_look_alikes(semantic: SemanticModel) -> No
 
 def test_served_encoder_is_the_tuned_one(semantic: SemanticModel) -> None:
     assert "+tuned:" + harm.cache_key() in semantic.embedder.variant
+    # Served at the depth it was tuned at (the layers above are dropped), without the pooler.
+    assert f"|layers:{finetune.ENCODER_LAYERS}" in semantic.embedder.variant
+    model = semantic.embedder._model
+    assert len(model.encoder.layer) == finetune.ENCODER_LAYERS and model.pooler is None
     emb = semantic.embed(["hello there"])
     assert emb.shape == (1, 384) and np.isclose(np.linalg.norm(emb), 1.0, atol=1e-4)
     assert 0.3 <= semantic.classifier.threshold < 1.0

@@ -124,6 +124,25 @@ def test_int8_embeddings_stay_close_to_fp32() -> None:
     assert (cos > 0.95).all(), cos
 
 
+def test_fused_qkv_attention_is_the_stock_attention() -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from serve_app.governance.embedding import _fuse_qkv, model_dir
+
+    path = str(model_dir())
+    enc = AutoTokenizer.from_pretrained(path)(
+        ["short", "a longer sentence, so the first one is padded"], padding=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    stock = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
+    fused = _fuse_qkv(AutoModel.from_pretrained(path, add_pooling_layer=False).eval())
+    with torch.inference_mode():
+        want, got = stock(**enc).last_hidden_state, fused(**enc).last_hidden_state
+    mask = enc["attention_mask"].bool()
+    assert torch.allclose(want[mask], got[mask], atol=1e-5)
+
+
 def test_classifier_cache_keys_follow_data_params_and_variant(monkeypatch) -> None:  # noqa: ANN001
     class FakeEmbedder:
         variant = "all-MiniLM-L6-v2+tuned:k|int8-pc|256"
