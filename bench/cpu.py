@@ -3,8 +3,8 @@
 `snapshot()` reads utime + stime of every process on the machine and names it by
 role (a Serve deployment, the proxy, vLLM's engine processes, Ray's own daemons);
 `per_request(before, after, requests)` is the CPU milliseconds each role spent per
-request in between. The machine is shared with nothing else during a bench, so the
-roles that are not ours (the load generator, other daemons) show as what they are.
+request in between. Processes that are not the graph's (the load generator, PostgreSQL,
+anything else running on the machine) show under their own role or as "other".
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def per_request(
     spent: Counter[str] = Counter()
     for pid, (role, ticks) in after.items():
         spent[role] += ticks - before.get(pid, (role, 0))[1]
+    per_tick = 1000.0 / _TICKS / max(requests, 1)
     out = {
-        role: round(ticks * 1000.0 / _TICKS / max(requests, 1), 2)
+        role: round(ticks * per_tick, 2)
         for role, ticks in spent.most_common()
-        if ticks > 0
+        if round(ticks * per_tick, 2) >= 0.05
     }
-    out = {role: ms for role, ms in out.items() if ms >= 0.05}
     out["total"] = round(sum(out.values()), 2)
     return out

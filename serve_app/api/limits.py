@@ -90,7 +90,7 @@ class RateLimits:
         return pending
 
     def _restore(self, charges: Charges) -> None:
-        """Put charges that could not be delivered back in front of newer ones."""
+        """Add charges that could not be delivered back to the pending ones (summed per scope)."""
         for key, (lim, tokens) in charges.items():
             self._add(key, lim, tokens)
 
