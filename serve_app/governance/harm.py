@@ -2,7 +2,8 @@
 
 The top layers of the encoder and the head are fine-tuned (serve_app/governance/
 finetune.py) on the train split of the shipped dataset plus benign turns of the chat
-corpus; dev chooses the decision threshold (on the served int8 encoder: the lowest
+corpus, then the head is fitted again on the served (int8) embeddings of the same texts;
+dev chooses the decision threshold (on the served int8 encoder: the lowest
 false-positive budget's best macro F1); test is never used. Cached under var/governance/
 keyed by the training data itself and the hyper-parameters (the tuned weights), and by
 the embedding variant (the threshold). Classes: the 14 MLCommons hazards, prompt
@@ -13,6 +14,7 @@ guard).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -90,13 +92,15 @@ class HarmClassifier:
         key = cache_key()
         weights = _load_or_tune(cache_dir / f"harm-v{FORMAT}-{key}.pt")
         embedder.use_weights(weights.encoder, key, weights.layers)
+        w, b = _load_or_refit(cache_dir / f"harm-v{FORMAT}-{key}-head-{head_key(embedder)}.npz",
+                              weights, embedder)  # fmt: skip
         path = cache_dir / f"harm-v{FORMAT}-{key}-threshold-{threshold_key(embedder)}.json"
         if path.exists():
             try:
-                return cls(weights.w, weights.b, float(json.loads(path.read_text())["threshold"]))
+                return cls(w, b, float(json.loads(path.read_text())["threshold"]))
             except (OSError, ValueError, KeyError):
                 log.warning("harm threshold cache %s unreadable; choosing it again", path)
-        model = cls(weights.w, weights.b, 0.0)
+        model = cls(w, b, 0.0)
         dev = [i for i in load_items() if i.split == "dev"]
         probs = model.probabilities(embedder.embed([i.text for i in dev]))
         chosen = choose_threshold(probs, [_gold(i) for i in dev])
@@ -135,6 +139,30 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return weights
+
+
+def _load_or_refit(
+    path: Path, weights: finetune.TunedWeights, embedder: Embedder
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head refitted on the served embeddings of the training texts (cached)."""
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return z["w"], z["b"]
+        except (OSError, ValueError, KeyError):
+            log.warning("refitted head cache %s unreadable; fitting it again", path)
+    texts, labels = training_set()
+    started = time.monotonic()
+    w, b = finetune.refit_head(
+        weights.w, weights.b, embedder.embed(texts), [CLASSES.index(lab) for lab in labels],
+        CLASSES.index(BENIGN),
+    )  # fmt: skip
+    log.info("head refitted on %d served embeddings in %.0f s", len(texts),
+             time.monotonic() - started)  # fmt: skip
+    buf = io.BytesIO()
+    np.savez(buf, w=w, b=b)
+    _write_atomic(path, buf.getvalue())
+    return w, b
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -194,13 +222,20 @@ def cache_key() -> str:
     return h.hexdigest()[:16]
 
 
+def head_key(embedder: Embedder) -> str:
+    """Changes with the embedding variant (the head reads the served embeddings) and the
+    refit's settings; the training data are in `cache_key`, beside it in the file name."""
+    return hashlib.sha256(f"{embedder.variant}|{finetune.REFIT_PARAMS}".encode()).hexdigest()[:12]
+
+
 def threshold_key(embedder: Embedder) -> str:
-    """Changes with the dev items, the embedding variant and the false-positive budget."""
+    """Changes with the dev items, the embedding variant, the head's refit and the
+    false-positive budget."""
     h = hashlib.sha256()
     for item in load_items():
         if item.split == "dev":
             h.update(f"{item.label}\t{item.text}\n".encode())
-    h.update(f"{embedder.variant}|{MAX_DEV_BENIGN_FPR}".encode())
+    h.update(f"{embedder.variant}|{finetune.REFIT_PARAMS}|{MAX_DEV_BENIGN_FPR}".encode())
     return h.hexdigest()[:12]
 
 

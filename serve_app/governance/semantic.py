@@ -21,10 +21,13 @@ class SemanticModel:
         self.classifier = classifier
 
     @classmethod
-    def load(cls, var_dir: Path, threads: int = 1, quantize: bool = True) -> SemanticModel:
+    def load(
+        cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx"
+    ) -> SemanticModel:
         """Load the embedding model and the cached classifier (trained here on first use)."""
-        embedder = Embedder(threads=threads, quantize=quantize)
-        classifier = HarmClassifier.load_or_train(Path(var_dir) / "governance", embedder)
+        cache = Path(var_dir) / "governance"
+        embedder = Embedder(threads=threads, quantize=quantize, runtime=runtime, cache_dir=cache)
+        classifier = HarmClassifier.load_or_train(cache, embedder)
         return cls(embedder, classifier)
 
     def embed(self, texts: list[str]) -> np.ndarray:

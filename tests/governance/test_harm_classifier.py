@@ -3,10 +3,13 @@ the configured var/ directory, so the first run of the suite trains it once)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import onnx
 import pytest
 
-from serve_app.governance import finetune, harm
+from serve_app.governance import finetune, harm, onnx_encoder
 from serve_app.governance.dataset import load_items
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
@@ -44,8 +47,12 @@ def test_served_encoder_is_the_tuned_one(semantic: SemanticModel) -> None:
     assert "+tuned:" + harm.cache_key() in semantic.embedder.variant
     # Served at the depth it was tuned at (the layers above are dropped), without the pooler.
     assert f"|layers:{finetune.ENCODER_LAYERS}" in semantic.embedder.variant
-    model = semantic.embedder._model
-    assert len(model.encoder.layer) == finetune.ENCODER_LAYERS and model.pooler is None
+    assert "|ort-int8|" in semantic.embedder.variant
+    cache = get_settings().var_dir / "governance"
+    graph = onnx.load(cache / onnx_encoder.cache_name(semantic.embedder.onnx_tag)).graph
+    names = " ".join(n.name for n in graph.node)
+    layers = {int(n) for n in re.findall(r"encoder/layer\.(\d+)/", names)}
+    assert layers == set(range(finetune.ENCODER_LAYERS)) and "pooler" not in names
     emb = semantic.embed(["hello there"])
     assert emb.shape == (1, 384) and np.isclose(np.linalg.norm(emb), 1.0, atol=1e-4)
     assert 0.3 <= semantic.classifier.threshold < 1.0
@@ -56,9 +63,25 @@ def test_cached_weights_are_reused(semantic: SemanticModel, monkeypatch) -> None
         raise AssertionError("fine-tuned again although the cache holds this dataset's weights")
 
     monkeypatch.setattr(finetune, "fine_tune", no_training)
+    monkeypatch.setattr(finetune, "refit_head", no_training)
     again = harm.HarmClassifier.load_or_train(get_settings().var_dir / "governance", Embedder())
     assert np.array_equal(again.w, semantic.classifier.w)
     assert again.threshold == semantic.classifier.threshold
+
+
+def test_head_refit_fits_the_served_embeddings_deterministically() -> None:
+    # Three well separated classes on the unit sphere; the head starts at zero.
+    rng = np.random.default_rng(0)
+    centres = np.eye(384)[:3]
+    labels = [int(c) for c in rng.integers(0, 3, 300)]
+    emb = centres[labels] + 0.3 * rng.normal(size=(300, 384)) / np.sqrt(384)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    w0, b0 = np.zeros((384, 3)), np.zeros(3)
+    w, b = finetune.refit_head(w0, b0, emb, labels, benign=0)
+    assert ((emb @ w + b).argmax(1) == labels).mean() > 0.95
+    again = finetune.refit_head(w0, b0, emb, labels, benign=0)
+    assert np.array_equal(w, again[0]) and np.array_equal(b, again[1])
+    assert np.array_equal(w0, np.zeros((384, 3)))  # the start is not modified
 
 
 def test_threshold_respects_the_dev_false_positive_budget() -> None:
