@@ -26,6 +26,13 @@ _URL_AUTHORITY_BEFORE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]*$")
 # Names that look like `name@host.tld` but are files (`icon@2x.png`).
 _FILE_SUFFIX = re.compile(r"(?i)\.(?:png|jpe?g|gif|svg|webp|ico|bmp|tiff?|pdf|css|js|ts|json)$")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+# Digit groups joined by single spaces or dashes: a card followed by more numbers
+# ("4111 1111 1111 1111 12 28", the expiry) is one such run, longer than any card.
+_DIGIT_GROUPS = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
+_GROUP = re.compile(r"\d+")
+# How issuers print card numbers: fours (the last group shorter for 13-19 digits),
+# Amex 4-6-5, Diners 4-6-4.
+_CARD_LAYOUT = re.compile(r"(?:4,){2,3}4(?:,[1-4])?|4,6,[45]")
 _SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
 # Not part of a longer dotted number (a version `10.0.19041.1`, an OID); a sentence's
 # final period after the address is fine.
@@ -70,11 +77,42 @@ def detect_email(text: str) -> Iterator[Finding]:
 
 
 def detect_payment_card(text: str) -> Iterator[Finding]:
-    """Card numbers of 13-19 digits that pass the Luhn checksum."""
+    """Card numbers of 13-19 digits that pass the Luhn checksum: a whole run of digits
+    (any grouping), or within a longer run of digit groups, groups laid out the way
+    cards are printed (`_CARD_LAYOUT`), so a card followed by its expiry is found."""
+    found: list[tuple[int, int]] = []
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and _luhn_ok(digits):
-            yield Finding("payment_card", m.start(), m.end(), "PAYMENT_CARD")
+            found.append((m.start(), m.end()))
+    for m in _DIGIT_GROUPS.finditer(text):
+        if any(start <= m.start() < end or m.start() <= start < m.end() for start, end in found):
+            continue  # already found as a whole
+        found += _card_in_groups(
+            [(g.start() + m.start(), g.group()) for g in _GROUP.finditer(m.group())]
+        )
+    for start, end in sorted(found):
+        yield Finding("payment_card", start, end, "PAYMENT_CARD")
+
+
+def _card_in_groups(groups: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """Spans of consecutive digit groups laid out like a card and passing Luhn, longest
+    first at each start; a found card's groups are not reused."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(groups):
+        best = None
+        for j in range(i + 1, min(len(groups), i + 5)):  # at most 5 groups (4-4-4-4-3)
+            layout = ",".join(str(len(d)) for _, d in groups[i : j + 1])
+            digits = "".join(d for _, d in groups[i : j + 1])
+            if 13 <= len(digits) <= 19 and _CARD_LAYOUT.fullmatch(layout) and _luhn_ok(digits):
+                best = j
+        if best is None:
+            i += 1
+            continue
+        out.append((groups[i][0], groups[best][0] + len(groups[best][1])))
+        i = best + 1
+    return out
 
 
 def detect_ip_address(text: str) -> Iterator[Finding]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from serve_app.governance.detectors import detect_payment_card
 from serve_app.governance.policy import PolicySet
 from serve_app.governance.rules import (
     detect_iban,
@@ -27,6 +28,27 @@ def spans(found, text: str) -> list[str]:
 def test_phone_numbers_by_libphonenumber() -> None:
     text = "Call (415) 555-0132 or +44 20 7946 0958; order 12345 ships at 3pm."
     assert spans(detect_phone(text), text) == ["(415) 555-0132", "+44 20 7946 0958"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cards"),
+    [
+        ("card 4111 1111 1111 1111, exp 12/28", ["4111 1111 1111 1111"]),
+        ("card 4111111111111111 exp 12/28", ["4111111111111111"]),
+        # Followed by more numbers (the expiry, a CVV): one run of digit groups.
+        ("my card 4111 1111 1111 1111 12 28 cvv 123", ["4111 1111 1111 1111"]),
+        ("Amex 3782 822463 10005 05 27", ["3782 822463 10005"]),
+        ("4111-1111-1111-1111-99", ["4111-1111-1111-1111"]),
+        ("two 4111 1111 1111 1111 5555 5555 5555 4444", ["4111 1111 1111 1111",
+                                                          "5555 5555 5555 4444"]),
+        # Luhn fails, or the groups are not laid out like a card, or too few digits.
+        ("order 4111 1111 1111 1112 12 28", []),
+        ("tracking 1234 5678 9012 3456 7890", []),
+        ("call 555 0132 4111 11", []),
+    ],
+)  # fmt: skip
+def test_payment_cards_pass_luhn_even_inside_longer_runs(text: str, cards: list[str]) -> None:
+    assert spans(detect_payment_card(text), text) == cards
 
 
 def test_iban_mod97() -> None:

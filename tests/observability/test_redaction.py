@@ -24,6 +24,25 @@ def test_redact_replaces_keys_and_pii_with_labels() -> None:
     )
 
 
+def test_access_line_tail_does_not_wake_the_digit_detectors(monkeypatch) -> None:  # noqa: ANN001
+    from serve_app.governance import detectors
+
+    called: list[str] = []
+    for name in ("phone", "payment_card", "us_ssn", "iban"):
+        real = detectors.DETECTORS[name]
+        monkeypatch.setitem(
+            detectors.DETECTORS,
+            name,
+            lambda t, real=real, name=name: called.append(name) or real(t),
+        )
+    line = "POST /v1/chat/completions 200 150.3ms"  # a Serve access line
+    assert redact(line) == line and called == []  # libphonenumber took ~0.3 ms to say no
+    # Digits elsewhere in the line are still looked at, the tail included.
+    assert redact("GET /lookup?phone=4155550132 200 1.2ms") == "GET /lookup?phone=[PHONE] 200 1.2ms"
+    assert "phone" in called
+    assert "[PAYMENT_CARD]" in redact("card 4111 1111 1111 1111 200 3.1ms")
+
+
 def test_json_lines_are_redacted_in_message_extras_and_traceback(tmp_path: Path) -> None:
     configure_logging(debug=False, log_dir=tmp_path, component="Test")
     log = logging.getLogger("promethios.writer")
