@@ -2,17 +2,21 @@
 
 Starts a throwaway PostgreSQL, vLLM's OpenAI server on the embedded model (measured
 first, then stopped), then our graph on the same model; drives the same load at
-concurrency 1, 16 and 64 with an async client; measures the metrics writer's insert
-rate into PostgreSQL; writes bench/results/latest.json. Loopback only, bounded.
+concurrency 1, 16 and 64 with an async client (each request a different question from
+the chat corpus, as in service: no answer from governance's embedding cache); measures
+the metrics writer's insert rate into PostgreSQL; writes bench/results/latest.json.
+Loopback only, bounded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -32,14 +36,28 @@ from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.vllm_server import start_vllm_server  # noqa: E402
 from tests.support.postgres import start_throwaway_postgres  # noqa: E402
 
-PROMPTS = [
-    "How do I reset my password?",
-    "I was charged twice for my order, what can I do?",
-    "Where is my package?",
-    "Can I return an item after 20 days?",
-    "Hello! Can you help me with a customer inquiry?",
-    "How do I update the email address on my account?",
-]
+
+def bench_prompts() -> list[str]:
+    """The distinct customer-service questions of the shipped chat corpus (refusal
+    categories left out), in a fixed shuffled order. Each request of a run asks the next
+    one, so governance screens new texts as it would in service: with the six fixed
+    prompts used before 2026-11-30 (and temperature 0, so six fixed answers) every
+    screening after the first round was an embedding-cache hit, and the governed figures
+    left the encoder out."""
+    from serve_app.model.corpus import CORPUS_PATH
+
+    prompts = set()
+    for line in CORPUS_PATH.read_text().splitlines():
+        row = json.loads(line)
+        if not row["category"].startswith("refusal"):
+            prompts.add(row["messages"][0]["content"])
+    ordered = sorted(prompts)
+    random.Random(0).shuffle(ordered)
+    return ordered
+
+
+PROMPTS = bench_prompts()
+_NEXT_PROMPT = itertools.count()  # shared by every drive of a run: no prompt is repeated
 LEVELS = (1, 16, 64)
 
 
@@ -63,13 +81,13 @@ async def drive(
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(headers=headers, timeout=120.0, limits=limits) as client:
 
-        async def worker(w: int) -> None:
+        async def worker() -> None:
             nonlocal tokens, errors
-            i = w
             while time.perf_counter() < stop_at:
+                prompt = PROMPTS[next(_NEXT_PROMPT) % len(PROMPTS)]
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.post(url, json=body_for(PROMPTS[i % len(PROMPTS)]))
+                    resp = await client.post(url, json=body_for(prompt))
                     ok = resp.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -79,10 +97,9 @@ async def drive(
                     tokens += tokens_of(resp.json())
                 else:
                     errors += 1
-                i += concurrency
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return {
         "concurrency": concurrency,
@@ -242,6 +259,7 @@ def main() -> int:
             "model_params": info.get("param_count"),
             "max_tokens": args.max_tokens,
             "temperature": 0.0,
+            "prompts": f"{len(PROMPTS)} distinct chat-corpus questions, a new one per request",
             "seconds_per_level": args.duration,
             "database": "postgresql 15 (throwaway)",
         },
