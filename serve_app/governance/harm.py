@@ -75,7 +75,7 @@ class HarmClassifier:
             mass = 1.0 - float(p[self._benign])
             out.append(
                 Classification(
-                    probs={c: round(float(v), 4) for c, v in zip(CLASSES, p, strict=True)},
+                    probs=dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True)),
                     flagged=CLASSES[top] if mass >= self.threshold else None,
                     confidence=round(mass, 4),
                 )

@@ -3,7 +3,7 @@
 Why: on this 2-core machine the encoder is ~85 % of a request's scoring time, and torch
 spends a quarter of the encoder's time outside the int8 matmuls (its fused CPU attention
 alone ~0.2 ms a call for a few dozen tokens). Under ONNX Runtime the same int8 encoder
-scores a request in 0.83-0.85x torch's time (bench/governance_cost.py --compare torch,
+scores a request in ~0.8x torch's time (bench/governance_cost.py --compare torch,
 request by request in turn), so it is the default runtime; torch stays the fallback
 (`serve_app/governance/embedding.py`).
 
