@@ -10,10 +10,10 @@ Cost (this is on the request path, twice per request): by default the encoder ru
 ONNX Runtime, int8 (serve_app/governance/onnx_encoder.py: exported once per set of
 weights and cached; ~0.8x torch's time per request here, measured request by request in
 turn; cosine ~0.99 to fp32; numpy from the ids to the pooled row), checked against the
-fp32 encoder at load; where ONNX Runtime
-is missing or the export fails, torch serves it: its linear layers quantized to int8
-(dynamic, per-channel weights), traced with TorchScript and frozen (checked against the
-eager model at load), each layer's query/key/value projections run as one int8 matmul.
+fp32 encoder at load; where ONNX Runtime is missing or the export fails, torch serves
+it: its linear layers quantized to int8 (dynamic, per-channel weights), traced with
+TorchScript and frozen (checked against the eager model at load), each layer's
+query/key/value projections run as one int8 matmul.
 Either way the classifier's threshold is chosen on the served embeddings (`variant`
 names the runtime), the fine-tuned encoder is served at the depth it was tuned at
 (serve_app/governance/finetune.py: ENCODER_LAYERS of 6) without the unused pooler, texts
