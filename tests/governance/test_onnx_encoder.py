@@ -78,3 +78,10 @@ def test_torch_serves_when_the_export_fails(tmp_path: Path, monkeypatch, caplog)
 def test_unknown_runtime_is_refused() -> None:
     with pytest.raises(ValueError, match="runtime must be one of"):
         Embedder(runtime="tensorrt")
+
+
+def test_torch_serves_without_onnxruntime(tmp_path: Path, monkeypatch, caplog) -> None:  # noqa: ANN001
+    monkeypatch.setattr(onnx_encoder, "available", lambda: False)
+    e = Embedder(cache_dir=tmp_path)
+    assert e.embed(TEXTS[:1]).shape == (1, 384)
+    assert "|int8-pc|" in e.variant and "onnxruntime is not installed" in caplog.text
