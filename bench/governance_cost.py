@@ -42,13 +42,11 @@ MAX_CHARS = 1000
 
 def request_pairs(n: int) -> list[tuple[str, str]]:
     """n (input, output) pairs of distinct texts under MAX_CHARS characters."""
-    from serve_app.model.corpus import CORPUS_PATH
+    from serve_app.model.corpus import chat_turns
 
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line in CORPUS_PATH.read_text().splitlines():
-        row = json.loads(line)
-        user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+    for _, user, answer in chat_turns():
         if user in seen or answer in seen or max(len(user), len(answer)) >= MAX_CHARS:
             continue
         seen |= {user, answer}

@@ -44,13 +44,9 @@ def bench_prompts() -> list[str]:
     prompts used before 2026-11-30 (and temperature 0, so six fixed answers) every
     screening after the first round was an embedding-cache hit, and the governed figures
     left the encoder out."""
-    from serve_app.model.corpus import CORPUS_PATH
+    from serve_app.model.corpus import chat_turns
 
-    prompts = set()
-    for line in CORPUS_PATH.read_text().splitlines():
-        row = json.loads(line)
-        if not row["category"].startswith("refusal"):
-            prompts.add(row["messages"][0]["content"])
+    prompts = {user for category, user, _ in chat_turns() if not category.startswith("refusal")}
     ordered = sorted(prompts)
     random.Random(0).shuffle(ordered)
     return ordered

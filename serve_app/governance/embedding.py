@@ -65,6 +65,12 @@ def _pool(hidden):  # noqa: ANN001, ANN202
     return torch.nn.functional.normalize(hidden.mean(1), dim=-1)[0]
 
 
+def _unit_mean(hidden: np.ndarray) -> np.ndarray:
+    """`_pool` in numpy, for the ONNX Runtime encoder's output: no tensor round trips."""
+    row = hidden[0].mean(0)
+    return row / max(float(np.linalg.norm(row)), 1e-12)
+
+
 def _quantize_int8(model):  # noqa: ANN001, ANN202 - torch types are imported lazily
     """Dynamic int8 quantization of every nn.Linear (per-channel weights)."""
     import torch
@@ -270,8 +276,8 @@ class Embedder:
                 for text in ("warm up", "a longer probe sentence, with punctuation, to check"):
                     ids = self._encode(text)["input_ids"]
                     want = _pool(model(input_ids=ids).last_hidden_state)
-                    got = _pool(torch.from_numpy(encoder(ids.numpy())))
-                    if float((want * got).sum()) < MIN_INT8_COSINE:
+                    got = _unit_mean(encoder(ids.numpy()))
+                    if float(want.numpy() @ got) < MIN_INT8_COSINE:
                         raise ValueError(f"int8 embedding strays from fp32 on {text!r}")
         except Exception as exc:  # noqa: BLE001 - any export failure: torch still works
             log.warning("ONNX Runtime encoder unavailable (%s); embedding with torch", exc)
@@ -279,10 +285,7 @@ class Embedder:
         return encoder
 
     def _hidden(self, enc):  # noqa: ANN001, ANN202
-        if self._onnx is not None:
-            import torch
-
-            return torch.from_numpy(self._onnx(enc["input_ids"].numpy()))
+        """The torch encoder's last hidden state (the ONNX one is called in `embed`)."""
         if self._traced is not None:
             return self._traced(enc["input_ids"], enc["attention_mask"])["last_hidden_state"]
         assert self._model is not None
@@ -313,9 +316,8 @@ class Embedder:
             with torch.inference_mode():
                 for text, rows in todo.items():
                     if self._onnx is not None:  # numpy throughout: no tensor round trips
-                        hidden = self._onnx(np.array([self._token_ids(text)], dtype=np.int64))
-                        row = hidden[0].mean(0)
-                        row = row / max(float(np.linalg.norm(row)), 1e-12)
+                        ids = np.array([self._token_ids(text)], dtype=np.int64)
+                        row = _unit_mean(self._onnx(ids))
                     else:
                         row = _pool(self._hidden(self._encode(text))).numpy()
                     out[rows] = row

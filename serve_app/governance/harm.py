@@ -183,14 +183,12 @@ def _corpus_benign() -> list[str]:
     less any text that is also a dev or test item."""
     import random
 
-    from serve_app.model.corpus import CORPUS_PATH
+    from serve_app.model.corpus import chat_turns
 
     held_out = {i.text for i in load_items() if i.split != "train"}
     texts: set[str] = set()
-    for line in CORPUS_PATH.read_text().splitlines():
-        row = json.loads(line)
-        user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
-        if not row["category"].startswith("refusal"):
+    for category, user, answer in chat_turns():
+        if not category.startswith("refusal"):
             texts.add(user)
         texts.add(answer)
     ordered = sorted(texts - held_out)

@@ -130,6 +130,15 @@ def write_corpus(path: Path = CORPUS_PATH, seed: int = CORPUS_SEED) -> int:
     return len(examples)
 
 
+def chat_turns(path: Path = CORPUS_PATH) -> list[tuple[str, str, str]]:
+    """(category, user message, final answer) of each conversation in the shipped file."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        out.append((row["category"], row["messages"][0]["content"], row["messages"][-1]["content"]))
+    return out
+
+
 @lru_cache(maxsize=4)
 def _read(path: str) -> tuple[str, str]:
     raw = Path(path).read_bytes()
