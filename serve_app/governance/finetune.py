@@ -93,10 +93,7 @@ def fine_tune(texts: list[str], labels: list[int], n_classes: int, benign: int) 
         log.info("fine-tuning: bottom layers of %d texts in %.0f s", len(texts),
                  time.monotonic() - started)  # fmt: skip
         head = torch.nn.Linear(EMBED_DIM, n_classes)
-        counts = np.bincount(labels, minlength=n_classes)
-        class_w = len(labels) / (n_classes * np.maximum(counts, 1))
-        class_w[benign] *= BENIGN_WEIGHT
-        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32))
+        loss_fn = _weighted_loss(labels, n_classes, benign)
         opt = torch.optim.AdamW(
             [{"params": top.parameters(), "lr": LR}, {"params": head.parameters(), "lr": HEAD_LR}],
             weight_decay=WEIGHT_DECAY,
@@ -150,11 +147,7 @@ def refit_head(
         y = torch.tensor(labels)
         wt = torch.tensor(w, dtype=torch.float32, requires_grad=True)
         bt = torch.tensor(b, dtype=torch.float32, requires_grad=True)
-        n_classes = wt.shape[1]
-        counts = np.bincount(labels, minlength=n_classes)
-        class_w = len(labels) / (n_classes * np.maximum(counts, 1))
-        class_w[benign] *= BENIGN_WEIGHT
-        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32))
+        loss_fn = _weighted_loss(labels, wt.shape[1], benign)
         opt = torch.optim.Adam([wt, bt], lr=REFIT_LR)
         for _ in range(REFIT_STEPS):
             loss = loss_fn(x @ wt + bt, y) + REFIT_L2 * (wt**2).sum()
@@ -165,6 +158,17 @@ def refit_head(
         return wt.detach().double().numpy(), bt.detach().double().numpy()
     finally:
         torch.set_num_threads(threads)
+
+
+def _weighted_loss(labels: list[int], n_classes: int, benign: int):  # noqa: ANN202
+    """Cross-entropy with balanced class weights, benign's times BENIGN_WEIGHT (fewer
+    false positives): the fine-tuning's loss, and the head refit's."""
+    import torch
+
+    counts = np.bincount(labels, minlength=n_classes)
+    class_w = len(labels) / (n_classes * np.maximum(counts, 1))
+    class_w[benign] *= BENIGN_WEIGHT
+    return torch.nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32))
 
 
 def truncate(model, layers: int):  # noqa: ANN001, ANN201
