@@ -155,7 +155,10 @@ _INJECTION_PATTERNS = [
     # Role-play jailbreaks.
     r"\byou\s+are\s+(?:now\s+)?(?:DAN|STAN|DUDE|AIM|an?\s+(?:unrestricted|unfiltered|"
     r"uncensored|jailbroken)\b)",
-    r"\bdo\s+anything\s+now\b|\bjailbr(?:eak|oken)\b|\bdeveloper\s+mode\b|\bgod\s+mode\b",
+    # "jailbroken" and "jailbreak mode" are the attack; the bare word is also how people ask
+    # about attacks ("what is a jailbreak prompt?"): that is for the classifier to judge.
+    r"\bdo\s+anything\s+now\b|\bjailbroken\b|\bjailbreak\s+mode\b|\bdeveloper\s+mode\b|"
+    r"\bgod\s+mode\b",
     r"\b(?:pretend|imagine|act|behave|roleplay|role-play)\b.{0,60}\b(?:no|without|free\s+of|"
     r"zero)\s+(?:rules|restrictions|limits|guidelines|filters|ethics|morals|censorship|"
     r"content\s+polic(?:y|ies))\b",
