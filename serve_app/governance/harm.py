@@ -32,8 +32,10 @@ from serve_app.governance.hazards import BENIGN, CLASSES
 
 log = logging.getLogger("promethios.governance.harm")
 FORMAT = 4  # 4: the encoder depth is stored with the weights
-# Dev benign items the threshold may flag. Test allows 3 %; dev has ~260 benign items in
-# groups of five framings of one seed, so one seed more or less moves the rate by 2 %.
+# Dev benign items the threshold may flag. Test allows 3 %; dev has 657 benign items, mostly
+# in groups of five framings of one seed (one seed is 0.8 %). Chosen on one half of dev's
+# seeds, a 2 % budget flagged 2.0 % of the other half's benign items (over 3 % in 2 of 8
+# halvings), a 3 % budget 2.7 % (over 3 % in 5 of 12): 2 % leaves the margin.
 MAX_DEV_BENIGN_FPR = 0.02
 CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training only)
 
@@ -123,7 +125,7 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
             log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
     texts, labels = training_set()
     log.warning(
-        "fine-tuning the hazard classifier on %d texts (first use; about 3 CPU-minutes)",
+        "fine-tuning the hazard classifier on %d texts (first use; about 5 CPU-minutes)",
         len(texts),
     )
     started = time.monotonic()
