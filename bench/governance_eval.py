@@ -5,8 +5,10 @@
 Runs the default policy (permissive mode, so every finding is reported) over every item
 of the split; an item's predicted categories are the categories of its violations.
 Prints JSON: per-category precision / recall / F1 / support, the false-positive rate on
-benign items, and scoring latency (one input + one output evaluation per request, the
-in-process scorer with the embedding call, median / p95 ms). Nothing is tuned on `test`.
+benign items, the classifier's recall at other benign false-positive rates (what the
+dev-chosen threshold trades), and scoring latency (one input + one output evaluation per
+request, the in-process scorer with the embedding call, median / p95 ms). Nothing is
+tuned on `test`.
 """
 
 from __future__ import annotations
@@ -91,6 +93,41 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
     }
 
 
+def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
+    """The hazard classifier alone at other thresholds: for each benign false-positive
+    rate, the threshold on the harmful mass that gives it on this split and the share of
+    harmful items it flags (under any hazard). Shows what the served threshold trades."""
+    import numpy as np
+
+    from serve_app.governance.hazards import BENIGN, CLASSES
+
+    model = default_semantic()
+    items = [i for i in load_items() if i.split == split and i.label in CLASSES]
+    if restrict_to is not None:
+        items = [i for i in items if i.text in restrict_to]
+    probs = model.classifier.probabilities(model.embed([i.text for i in items]))
+    mass = 1.0 - probs[:, CLASSES.index(BENIGN)]
+    benign = np.array([i.label == BENIGN for i in items])
+    harmful = np.array([i.label in HAZARDS for i in items])
+    served = model.classifier.threshold
+    points = {
+        "served": {
+            "threshold": served,
+            "benign_fpr": round(float((mass[benign] >= served).mean()), 4),
+            "hazard_recall_any": round(float((mass[harmful] >= served).mean()), 4),
+        }
+    }
+    for fpr in (0.01, 0.02, 0.03, 0.05, 0.10):
+        # The lowest threshold that flags at most `fpr` of the benign items.
+        t = float(np.quantile(mass[benign], 1.0 - fpr, method="higher")) + 1e-9
+        points[f"benign_fpr_{fpr:.2f}"] = {
+            "threshold": round(t, 4),
+            "benign_fpr": round(float((mass[benign] >= t).mean()), 4),
+            "hazard_recall_any": round(float((mass[harmful] >= t).mean()), 4),
+        }
+    return points
+
+
 def latency() -> dict:
     """Input + output scoring of one request (messages under 1,000 characters), in-process:
     the same measurement as bench/governance_cost.py (distinct input and output texts)."""
@@ -112,6 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     only = set(json.loads(args.only_texts.read_text())) if args.only_texts else None
     result: dict = {"quality": evaluate(args.split, only)}
+    result["classifier_operating_points"] = operating_points(args.split, only)
     if not args.no_latency:
         result["latency"] = latency()
     text = json.dumps(result, indent=2)

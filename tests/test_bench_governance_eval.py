@@ -1,0 +1,26 @@
+"""bench/governance_eval.py's operating points: the classifier's trade between flagging
+harmful items and flagging benign ones, computed from the real model on dev items."""
+
+from __future__ import annotations
+
+from bench import governance_eval
+from serve_app.governance.dataset import load_items
+
+
+def test_operating_points_trade_recall_for_false_positives() -> None:
+    dev = [i for i in load_items() if i.split == "dev"]
+    # A slice with benign and harmful items of several seeds (fast: ~200 embeddings).
+    some = {i.text for i in dev if i.label == "benign"}
+    some = set(sorted(some)[:100]) | {i.text for i in dev if i.label != "benign"}
+    some = set(sorted(some)[:200])
+    points = governance_eval.operating_points("dev", some)
+    served = points.pop("served")
+    assert 0.3 <= served["threshold"] < 1.0
+    rates = sorted(points, key=lambda k: float(k.rsplit("_", 1)[1]))
+    assert [float(k.rsplit("_", 1)[1]) for k in rates] == [0.01, 0.02, 0.03, 0.05, 0.1]
+    for key in rates:  # never over the false-positive rate asked for
+        assert points[key]["benign_fpr"] <= float(key.rsplit("_", 1)[1]) + 1e-9
+    recalls = [points[k]["hazard_recall_any"] for k in rates]
+    thresholds = [points[k]["threshold"] for k in rates]
+    assert recalls == sorted(recalls) and thresholds == sorted(thresholds, reverse=True)
+    assert 0.0 < recalls[-1] <= 1.0
