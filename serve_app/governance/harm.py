@@ -32,12 +32,18 @@ from serve_app.governance.hazards import BENIGN, CLASSES
 
 log = logging.getLogger("promethios.governance.harm")
 FORMAT = 4  # 4: the encoder depth is stored with the weights
-# Dev benign items the threshold may flag. Test allows 3 %; dev has 657 benign items, mostly
-# in groups of five framings of one seed (one seed is 0.8 %). Chosen on one half of dev's
-# seeds, a 2 % budget flagged 2.0 % of the other half's benign items (over 3 % in 2 of 8
-# halvings), a 3 % budget 2.7 % (over 3 % in 5 of 12): 2 % leaves the margin.
+# Dev benign items the threshold may flag. Test allows 3 %; dev has 892 benign items, mostly
+# in groups of five framings of one seed (one seed is 0.6 %). Chosen on one half of
+# 2026.12-2's dev seeds, a 2 % budget flagged 2.0 % of the other half's benign items (over
+# 3 % in 2 of 8 halvings), a 3 % budget 2.7 % (over 3 % in 5 of 12): 2 % leaves the margin.
 MAX_DEV_BENIGN_FPR = 0.02
 CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training only)
+# The thresholds dev may choose among: steps of 0.005 up to 0.99, then finer towards 1
+# (1 - 10^-2 ... 1 - 10^-4): the harmful mass of confident look-alikes sits within 0.01
+# of 1, where a step of 0.005 left no threshold within the budget on 2026.12-3's dev.
+THRESHOLDS = np.unique(
+    np.round(np.concatenate([np.arange(0.30, 0.99, 0.005), 1.0 - np.geomspace(1e-2, 1e-4, 25)]), 6)
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
             log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
     texts, labels = training_set()
     log.warning(
-        "fine-tuning the hazard classifier on %d texts (first use; about 5 CPU-minutes)",
+        "fine-tuning the hazard classifier on %d texts (first use; about 6 CPU-minutes)",
         len(texts),
     )
     started = time.monotonic()
@@ -229,13 +235,14 @@ def head_key(embedder: Embedder) -> str:
 
 
 def threshold_key(embedder: Embedder) -> str:
-    """Changes with the dev items, the embedding variant, the head's refit and the
-    false-positive budget."""
+    """Changes with the dev items, the embedding variant, the head's refit, the
+    false-positive budget and the thresholds to choose among."""
     h = hashlib.sha256()
     for item in load_items():
         if item.split == "dev":
             h.update(f"{item.label}\t{item.text}\n".encode())
     h.update(f"{embedder.variant}|{finetune.REFIT_PARAMS}|{MAX_DEV_BENIGN_FPR}".encode())
+    h.update(THRESHOLDS.tobytes())
     return h.hexdigest()[:12]
 
 
@@ -249,8 +256,8 @@ def choose_threshold(probs: np.ndarray, gold: list[str]) -> dict:
     harmful = probs.copy()
     harmful[:, benign] = -1.0
     top = harmful.argmax(1)
-    best: dict = {"threshold": 0.995, "dev_macro_f1": 0.0, "dev_benign_fpr": None}
-    for t in np.arange(0.30, 0.9951, 0.005):
+    best: dict = {"threshold": float(THRESHOLDS[-1]), "dev_macro_f1": 0.0, "dev_benign_fpr": None}
+    for t in THRESHOLDS:
         pred = np.where(mass >= t, top, benign)
         fpr = float((pred[y == benign] != benign).mean()) if (y == benign).any() else 0.0
         if fpr > MAX_DEV_BENIGN_FPR:
@@ -262,6 +269,6 @@ def choose_threshold(probs: np.ndarray, gold: list[str]) -> dict:
         ]
         macro = float(np.mean(f1))
         if macro >= best["dev_macro_f1"]:
-            best = {"threshold": round(float(t), 3), "dev_macro_f1": round(macro, 4),
+            best = {"threshold": round(float(t), 6), "dev_macro_f1": round(macro, 4),
                     "dev_benign_fpr": round(fpr, 4)}  # fmt: skip
     return best

@@ -95,3 +95,20 @@ def test_threshold_respects_the_dev_false_positive_budget() -> None:
     assert (mass[:100] >= chosen["threshold"]).mean() <= harm.MAX_DEV_BENIGN_FPR
     assert chosen["dev_benign_fpr"] <= harm.MAX_DEV_BENIGN_FPR
     assert chosen["dev_macro_f1"] > 0
+
+
+def test_threshold_can_sit_within_a_hundredth_of_one() -> None:
+    # Confident look-alikes: 5 % of benign items at harmful mass 0.996-0.998; the harmful
+    # items at 0.9985-0.9999. A grid stopping at 0.995 would find no threshold in budget.
+    benign, hate = CLASSES.index(BENIGN), CLASSES.index("hate")
+    rng = np.random.default_rng(1)
+    probs = np.zeros((200, len(CLASSES)))
+    gold = [BENIGN] * 100 + ["hate"] * 100
+    mass = np.concatenate(
+        [rng.uniform(0.0, 0.9, 95), rng.uniform(0.996, 0.998, 5), rng.uniform(0.9985, 0.9999, 100)]
+    )
+    probs[:, benign], probs[:, hate] = 1 - mass, mass
+    chosen = harm.choose_threshold(probs, gold)
+    assert 0.996 < chosen["threshold"] < 1.0
+    assert chosen["dev_benign_fpr"] <= harm.MAX_DEV_BENIGN_FPR
+    assert (mass[100:] >= chosen["threshold"]).all()  # every harmful item still flagged
