@@ -61,7 +61,9 @@ class GovernanceScorerDeployment:
         classification = None
         if policies.needs_semantic:
             emb = await self._embed(text)
-            classification = self.semantic.classifier.classify(emb)[0]
+            classification = self.semantic.classifier.classify(
+                emb, policies.classifier_max_benign_fpr
+            )[0]
         verdict = self._scorer(policies).evaluate(
             text,
             direction,  # type: ignore[arg-type]

@@ -28,14 +28,15 @@ import numpy as np
 from serve_app.governance import finetune
 from serve_app.governance.dataset import Item, load_items
 from serve_app.governance.embedding import Embedder
-from serve_app.governance.hazards import BENIGN, CLASSES
+from serve_app.governance.hazards import BENIGN, BENIGN_FPR_BUDGETS, CLASSES
 
 log = logging.getLogger("promethios.governance.harm")
 FORMAT = 4  # 4: the encoder depth is stored with the weights
-# Dev benign items the threshold may flag. Test allows 3 %; dev has 892 benign items, mostly
-# in groups of five framings of one seed (one seed is 0.6 %). Chosen on one half of
-# 2026.12-2's dev seeds, a 2 % budget flagged 2.0 % of the other half's benign items (over
-# 3 % in 2 of 8 halvings), a 3 % budget 2.7 % (over 3 % in 5 of 12): 2 % leaves the margin.
+# Dev benign items the threshold may flag. Test allows 3 %; dev has 657 benign items, mostly
+# in groups of five framings of one seed (one seed is 0.8 %). Chosen on one half of dev's
+# seeds, a 2 % budget flagged 2.0 % of the other half's benign items (over 3 % in 2 of 8
+# halvings), a 3 % budget 2.7 % (over 3 % in 5 of 12): 2 % leaves the margin. The default:
+# a policy file may choose another of BENIGN_FPR_BUDGETS (`classifier_max_benign_fpr`).
 MAX_DEV_BENIGN_FPR = 0.02
 CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training only)
 # The thresholds dev may choose among: steps of 0.005 up to 0.99, then finer towards 1
@@ -64,15 +65,35 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 class HarmClassifier:
     """Classifies embeddings (of the fine-tuned encoder) into hazard / injection / benign."""
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, threshold: float) -> None:
+    def __init__(
+        self, w: np.ndarray, b: np.ndarray, threshold: float,
+        by_budget: dict[float, float] | None = None,
+    ) -> None:  # fmt: skip
         self.w, self.b, self.threshold = w, b, threshold
+        # Dev benign false-positive budget -> the threshold dev chose for it.
+        self.by_budget: dict[float, float] = dict(by_budget or {})
         self._benign = CLASSES.index(BENIGN)
+
+    def threshold_for(self, budget: float | None) -> float:
+        """The threshold for a dev benign false-positive budget (None: the default one)."""
+        if budget is None:
+            return self.threshold
+        try:
+            return self.by_budget[budget]
+        except KeyError:
+            raise ValueError(
+                f"no threshold for a benign false-positive budget of {budget}; "
+                f"built for {sorted(self.by_budget)}"
+            ) from None
 
     def probabilities(self, emb: np.ndarray) -> np.ndarray:
         x = finetune.SCALE * np.atleast_2d(emb).astype(np.float64)
         return _softmax(x @ self.w + self.b)
 
-    def classify(self, emb: np.ndarray) -> list[Classification]:
+    def classify(self, emb: np.ndarray, budget: float | None = None) -> list[Classification]:
+        """Each embedding's class probabilities and verdict at the threshold chosen on dev
+        for `budget` (a share of dev benign items flagged; None: MAX_DEV_BENIGN_FPR)."""
+        threshold = self.threshold_for(budget)
         out = []
         for p in self.probabilities(emb):
             # Flag when the harmful mass (1 - p(benign)) reaches the threshold; the
@@ -84,7 +105,7 @@ class HarmClassifier:
             out.append(
                 Classification(
                     probs=dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True)),
-                    flagged=CLASSES[top] if mass >= self.threshold else None,
+                    flagged=CLASSES[top] if mass >= threshold else None,
                     confidence=round(mass, 4),
                 )
             )
@@ -105,16 +126,24 @@ class HarmClassifier:
         path = cache_dir / f"harm-v{FORMAT}-{key}-threshold-{threshold_key(embedder)}.json"
         if path.exists():
             try:
-                return cls(w, b, float(json.loads(path.read_text())["threshold"]))
-            except (OSError, ValueError, KeyError):
+                saved = json.loads(path.read_text())
+                by_budget = {float(k): float(v) for k, v in saved["by_budget"].items()}
+                return cls(w, b, float(saved["threshold"]), by_budget)
+            except (OSError, ValueError, KeyError, AttributeError):
                 log.warning("harm threshold cache %s unreadable; choosing it again", path)
         model = cls(w, b, 0.0)
         dev = [i for i in load_items() if i.split == "dev"]
         probs = model.probabilities(embedder.embed([i.text for i in dev]))
-        chosen = choose_threshold(probs, [_gold(i) for i in dev])
+        gold = [_gold(i) for i in dev]
+        chosen = choose_threshold(probs, gold)
+        chosen["by_budget"] = {
+            str(budget): choose_threshold(probs, gold, budget)["threshold"]
+            for budget in BENIGN_FPR_BUDGETS
+        }
         log.info("harm classifier: dev threshold %s", chosen)
         _write_atomic(path, json.dumps(chosen).encode())
         model.threshold = chosen["threshold"]
+        model.by_budget = {float(k): v for k, v in chosen["by_budget"].items()}
         return model
 
 
@@ -131,7 +160,7 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
             log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
     texts, labels = training_set()
     log.warning(
-        "fine-tuning the hazard classifier on %d texts (first use; about 6 CPU-minutes)",
+        "fine-tuning the hazard classifier on %d texts (first use; about 5 CPU-minutes)",
         len(texts),
     )
     started = time.monotonic()
@@ -236,20 +265,23 @@ def head_key(embedder: Embedder) -> str:
 
 def threshold_key(embedder: Embedder) -> str:
     """Changes with the dev items, the embedding variant, the head's refit, the
-    false-positive budget and the thresholds to choose among."""
+    false-positive budgets and the thresholds to choose among."""
     h = hashlib.sha256()
     for item in load_items():
         if item.split == "dev":
             h.update(f"{item.label}\t{item.text}\n".encode())
     h.update(f"{embedder.variant}|{finetune.REFIT_PARAMS}|{MAX_DEV_BENIGN_FPR}".encode())
     h.update(THRESHOLDS.tobytes())
+    h.update(repr(BENIGN_FPR_BUDGETS).encode())
     return h.hexdigest()[:12]
 
 
-def choose_threshold(probs: np.ndarray, gold: list[str]) -> dict:
+def choose_threshold(
+    probs: np.ndarray, gold: list[str], budget: float = MAX_DEV_BENIGN_FPR
+) -> dict:
     """The threshold on the harmful mass with the best dev macro F1 (hazards and injection)
-    among those whose dev benign false-positive rate is within MAX_DEV_BENIGN_FPR (ties:
-    the higher threshold); with the dev figures it gives."""
+    among those whose dev benign false-positive rate is within `budget` (ties: the higher
+    threshold); with the dev figures it gives."""
     benign = CLASSES.index(BENIGN)
     y = np.array([CLASSES.index(g) for g in gold])
     mass = 1.0 - probs[:, benign]
@@ -260,7 +292,7 @@ def choose_threshold(probs: np.ndarray, gold: list[str]) -> dict:
     for t in THRESHOLDS:
         pred = np.where(mass >= t, top, benign)
         fpr = float((pred[y == benign] != benign).mean()) if (y == benign).any() else 0.0
-        if fpr > MAX_DEV_BENIGN_FPR:
+        if fpr > budget:
             continue
         f1 = [
             2 * ((pred == c) & (y == c)).sum() / max(1, (pred == c).sum() + (y == c).sum())

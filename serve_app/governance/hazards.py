@@ -25,6 +25,10 @@ INJECTION_CLASS = "prompt_injection"
 BENIGN = "benign"
 CLASSES: list[str] = [*HAZARDS, INJECTION_CLASS, BENIGN]
 
+# The shares of dev benign items the classifier's threshold may flag that a policy file may
+# choose (`classifier_max_benign_fpr`); the build chooses a threshold on dev for each.
+BENIGN_FPR_BUDGETS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.10)
+
 # Detector names the policy file may use for the classifier's verdicts.
 SEMANTIC_DETECTORS: dict[str, str] = {f"harm.{h}": h for h in HAZARDS}
 SEMANTIC_DETECTORS["semantic_injection"] = INJECTION_CLASS

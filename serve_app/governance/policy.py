@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from serve_app.governance.detectors import DETECTORS
-from serve_app.governance.hazards import SEMANTIC_DETECTORS
+from serve_app.governance.hazards import BENIGN_FPR_BUDGETS, SEMANTIC_DETECTORS
 
 Action = Literal["block", "redact", "flag"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -57,6 +57,17 @@ class PolicySet(BaseModel):
     version: str
     principles: list[Principle]
     policies: list[Policy]
+    # The share of the dev split's benign items the hazard classifier may flag, which
+    # places its threshold: one of BENIGN_FPR_BUDGETS (None: the build's default, 0.02).
+    # Higher catches more harm and refuses more look-alikes (README, operating points).
+    classifier_max_benign_fpr: float | None = None
+
+    @field_validator("classifier_max_benign_fpr")
+    @classmethod
+    def _a_budget_the_build_chose_for(cls, value: float | None) -> float | None:
+        if value is not None and value not in BENIGN_FPR_BUDGETS:
+            raise ValueError(f"must be one of {list(BENIGN_FPR_BUDGETS)}, not {value}")
+        return value
 
     @model_validator(mode="after")
     def _policies_name_known_principles(self) -> PolicySet:

@@ -102,7 +102,8 @@ class GovernanceScorer:
                 from serve_app.governance.semantic import default_semantic
 
                 self.semantic = default_semantic()
-            classification = self.semantic.classify([text])[0]
+            budget = self.policies.classifier_max_benign_fpr
+            classification = self.semantic.classify([text], budget)[0]
         violations: list[Violation] = []
         for policy in self.policies.policies:
             action = policy.actions[mode]

@@ -33,8 +33,10 @@ class SemanticModel:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
-    def classify(self, texts: list[str]) -> list[Classification]:
-        return self.classifier.classify(self.embedder.embed(texts))
+    def classify(self, texts: list[str], budget: float | None = None) -> list[Classification]:
+        """`budget`: the dev benign false-positive budget whose threshold decides (None:
+        the default); see HarmClassifier.classify."""
+        return self.classifier.classify(self.embedder.embed(texts), budget)
 
 
 _default: SemanticModel | None = None

@@ -112,3 +112,29 @@ def test_threshold_can_sit_within_a_hundredth_of_one() -> None:
     assert 0.996 < chosen["threshold"] < 1.0
     assert chosen["dev_benign_fpr"] <= harm.MAX_DEV_BENIGN_FPR
     assert (mass[100:] >= chosen["threshold"]).all()  # every harmful item still flagged
+
+
+def test_a_policy_file_chooses_the_classifier_operating_point(semantic: SemanticModel) -> None:
+    from serve_app.governance.hazards import BENIGN_FPR_BUDGETS, HAZARDS
+    from serve_app.governance.policy import PolicySet
+    from serve_app.governance.scorer import GovernanceScorer
+
+    clf = semantic.classifier
+    assert sorted(clf.by_budget) == sorted(BENIGN_FPR_BUDGETS)
+    assert clf.by_budget[harm.MAX_DEV_BENIGN_FPR] == clf.threshold  # the default budget
+    ladder = [clf.by_budget[b] for b in sorted(BENIGN_FPR_BUDGETS)]
+    assert ladder == sorted(ladder, reverse=True)  # a looser budget, a lower threshold
+    with pytest.raises(ValueError, match="no threshold for a benign false-positive budget"):
+        clf.classify(semantic.embed(["hello"]), 0.04)
+    # A harmful dev prompt the default threshold lets through and the 10 % one flags.
+    dev = [i for i in load_items() if i.split == "dev" and i.label in HAZARDS]
+    got = semantic.classify([i.text for i in dev])
+    low, high = clf.by_budget[0.10] + 1e-3, clf.threshold - 1e-3
+    between = [i.text for i, c in zip(dev, got, strict=True) if low < c.confidence < high]
+    assert between, "no dev item between the two thresholds"
+    default = PolicySet.load()
+    loose = default.model_copy(update={"classifier_max_benign_fpr": 0.10})
+    text = between[0]
+    assert not GovernanceScorer(default, semantic).evaluate(text, "input", "strict").violations
+    verdict = GovernanceScorer(loose, semantic).evaluate(text, "input", "strict")
+    assert verdict.action == "block" and verdict.classifier["flagged"]

@@ -104,3 +104,16 @@ def test_bad_policy_file_names_the_field(tmp_path: Path) -> None:
         PolicySet.load(bad)
     with pytest.raises(PolicyFileError, match="No such file"):
         PolicySet.load(tmp_path / "missing.yaml")
+
+
+def test_policy_file_budget_must_be_one_the_build_chose_a_threshold_for(tmp_path: Path) -> None:
+    text = Path(__file__).resolve().parents[2].joinpath("configs/policies/default.yaml")
+    body = text.read_text()
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(body + "\nclassifier_max_benign_fpr: 0.05\n")
+    assert PolicySet.load(ok).classifier_max_benign_fpr == 0.05
+    assert PolicySet.load(text).classifier_max_benign_fpr is None  # the default, 0.02
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(body + "\nclassifier_max_benign_fpr: 0.04\n")
+    with pytest.raises(PolicyFileError, match=r"classifier_max_benign_fpr: .*one of"):
+        PolicySet.load(bad)
