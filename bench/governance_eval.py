@@ -99,7 +99,7 @@ def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
     harmful items it flags (under any hazard). Shows what the served threshold trades."""
     import numpy as np
 
-    from serve_app.governance.hazards import BENIGN, CLASSES
+    from serve_app.governance.hazards import BENIGN, BENIGN_FPR_BUDGETS, CLASSES
 
     model = default_semantic()
     items = [i for i in load_items() if i.split == split and i.label in CLASSES]
@@ -117,7 +117,7 @@ def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
             "hazard_recall_any": round(float((mass[harmful] >= served).mean()), 4),
         }
     }
-    for fpr in (0.01, 0.02, 0.03, 0.05, 0.10):
+    for fpr in BENIGN_FPR_BUDGETS:  # the budgets a policy file may choose
         # The lowest threshold that flags at most `fpr` of the benign items.
         t = float(np.quantile(mass[benign], 1.0 - fpr, method="higher")) + 1e-9
         points[f"benign_fpr_{fpr:.2f}"] = {

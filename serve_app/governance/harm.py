@@ -135,11 +135,9 @@ class HarmClassifier:
         dev = [i for i in load_items() if i.split == "dev"]
         probs = model.probabilities(embedder.embed([i.text for i in dev]))
         gold = [_gold(i) for i in dev]
-        chosen = choose_threshold(probs, gold)
-        chosen["by_budget"] = {
-            str(budget): choose_threshold(probs, gold, budget)["threshold"]
-            for budget in BENIGN_FPR_BUDGETS
-        }
+        per_budget = {b: choose_threshold(probs, gold, b) for b in BENIGN_FPR_BUDGETS}
+        chosen = dict(per_budget[MAX_DEV_BENIGN_FPR])  # the default (one of the budgets)
+        chosen["by_budget"] = {str(b): c["threshold"] for b, c in per_budget.items()}
         log.info("harm classifier: dev threshold %s", chosen)
         _write_atomic(path, json.dumps(chosen).encode())
         model.threshold = chosen["threshold"]
