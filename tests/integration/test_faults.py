@@ -294,14 +294,15 @@ def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
 ) -> None:
     key, agent_id = tenant
     # Requests still being scored when the replica dies wait for the new one and succeed;
-    # those inside the engine fail. The kill can land when none is inside: try twice.
-    for _attempt in range(2):
+    # those inside the engine fail. The kill can land when none is inside (the tiny model
+    # often stops early, so a chat spends little of its time there): up to three tries.
+    for _attempt in range(3):
         load, streams, killed_at, replaced_at = _kill_llm_under_load(graph, key, agent_id)
         in_flight = [a for a in load.answers if a[0] < killed_at < a[1] and a[2] != 200]
         cut = [s for s in streams.streams if s[0] < killed_at < s[1] and s[4] is not None]
         if in_flight and cut:
             break
-    assert in_flight, "the kill hit no request in flight (twice)"
+    assert in_flight, "the kill hit no request in flight (3 tries)"
     for sent, answered, status, body in in_flight:
         _assert_bounded_failure(status, body, sent, answered, killed_at)
     assert any(status == 503 for _, _, status, _ in in_flight), "none failed fast"
@@ -315,7 +316,7 @@ def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
     # Streams cut by the kill end with an error chunk in OpenAI's shape, never a normal
     # finish; the text they carried before it had passed governance (held back and
     # scored, as always).
-    assert cut, "the kill cut no stream (twice)"
+    assert cut, "the kill cut no stream (3 tries)"
     for sent, ended, _text, finish, error in cut:
         assert finish is None, "a cut stream must not claim a normal finish"
         status = 503 if error == "model_unavailable" else 504 if error == "timeout" else 0
