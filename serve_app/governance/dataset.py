@@ -3,7 +3,9 @@
 Source: `data/labeled_seeds.yaml` (hazard, injection and benign seeds and sentences)
 plus PII and secret items generated here with valid checksums (and near-miss negatives
 labeled benign). Each seed, sentence or generated item is one split group; the split
-is fixed by the sha256 of the group key: 60 % train, 20 % dev, 20 % test.
+is fixed by the sha256 of the group key: 60 % train, 20 % dev, 20 % test. The file's
+`train_only` section (classes and sentences, same shape) is training data only: its
+split is train whatever the hash, so adding to it leaves dev and test as they were.
 """
 
 from __future__ import annotations
@@ -121,24 +123,32 @@ def _pii_and_secret_items(rng: random.Random) -> list[tuple[str, str]]:
 def load_items() -> tuple[Item, ...]:
     """Every item of the dataset, deterministic."""
     raw = yaml.safe_load(DATA_FILE.read_text())
-    items: list[Item] = []
-    prompt_framings = raw["framings"]["prompt"]
-    response_framings = raw["framings"]["response"]
-    for label, seeds in raw["classes"].items():
-        for seed in seeds:
-            split = split_of(f"seed:{seed}")
-            for f in prompt_framings:
-                items.append(Item(f.format(s=seed), label, "prompt", split, seed))
-            for f in response_framings:
-                items.append(Item(f.format(s=seed), label, "response", split, seed))
-    for label, sentences in raw["sentences"].items():
-        kind = "response" if label.endswith("_response") else "prompt"
-        gold = BENIGN if label.startswith(BENIGN) else label
-        for text in sentences:
-            items.append(Item(text, gold, kind, split_of(f"sentence:{text}"), text))
+    items = _expand(raw, raw["framings"], split=None)
+    # Training-only additions: the split is fixed to train, so dev and test stay as they
+    # were and measure the additions on the same items.
+    items += _expand(raw.get("train_only") or {}, raw["framings"], split="train")
     for text, label in _pii_and_secret_items(random.Random(20261101)):
         items.append(Item(text, label, "prompt", split_of(f"gen:{text}"), text))
     return tuple(items)
+
+
+def _expand(section: dict, framings: dict, split: str | None) -> list[Item]:
+    """The items of one section's `classes` (seeds through the framings) and `sentences`;
+    `split` None: each seed's or sentence's split by hash."""
+    items: list[Item] = []
+    for label, seeds in (section.get("classes") or {}).items():
+        for seed in seeds:
+            where = split or split_of(f"seed:{seed}")
+            for f in framings["prompt"]:
+                items.append(Item(f.format(s=seed), label, "prompt", where, seed))
+            for f in framings["response"]:
+                items.append(Item(f.format(s=seed), label, "response", where, seed))
+    for label, sentences in (section.get("sentences") or {}).items():
+        kind = "response" if label.endswith("_response") else "prompt"
+        gold = BENIGN if label.startswith(BENIGN) else label
+        for text in sentences:
+            items.append(Item(text, gold, kind, split or split_of(f"sentence:{text}"), text))
+    return items
 
 
 def dataset_hash() -> str:

@@ -157,9 +157,10 @@ def _load_or_tune(path: Path) -> finetune.TunedWeights:
         except (OSError, RuntimeError, KeyError, ValueError):
             log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
     texts, labels = training_set()
-    log.warning(
-        "fine-tuning the hazard classifier on %d texts (first use; about 5 CPU-minutes)",
+    log.warning(  # ~1 minute per 2,000 texts on the 2-core CI machine (finetune.THREADS)
+        "fine-tuning the hazard classifier on %d texts (first use; about %d minutes)",
         len(texts),
+        max(1, round(len(texts) / 2000)),
     )
     started = time.monotonic()
     weights = finetune.fine_tune(
