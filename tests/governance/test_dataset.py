@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from serve_app.governance import dataset
@@ -45,7 +46,9 @@ def test_no_seed_or_text_crosses_splits() -> None:
         assert counts[split, True] >= 150 and counts[split, False] >= 500, counts
 
 
-def test_train_only_section_goes_to_train_whatever_the_hash(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_train_only_section_goes_to_train_whatever_the_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeds = [f"water the {plant} on my balcony" for plant in ("ferns", "roses", "basil", "mint")]
     texts = ["What time does the pharmacy close?", "Is it going to rain tomorrow?"]
     hashed = {split_of(f"seed:{s}") for s in seeds} | {split_of(f"sentence:{t}") for t in texts}

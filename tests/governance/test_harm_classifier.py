@@ -15,6 +15,7 @@ from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
 from serve_app.governance.semantic import SemanticModel
 from serve_app.settings import get_settings
+from tests.support.governance import dev_prompts_between_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +202,7 @@ def test_threshold_can_sit_within_a_hundredth_of_one() -> None:
 
 
 def test_a_policy_file_chooses_the_classifier_operating_point(semantic: SemanticModel) -> None:
-    from serve_app.governance.hazards import BENIGN_FPR_BUDGETS, HAZARDS
+    from serve_app.governance.hazards import BENIGN_FPR_BUDGETS
     from serve_app.governance.policy import PolicySet
     from serve_app.governance.scorer import GovernanceScorer
 
@@ -213,10 +214,7 @@ def test_a_policy_file_chooses_the_classifier_operating_point(semantic: Semantic
     with pytest.raises(ValueError, match="no threshold for a benign false-positive budget"):
         clf.classify(semantic.embed(["hello"]), 0.04)
     # A harmful dev prompt the default threshold lets through and the 10 % one flags.
-    dev = [i for i in load_items() if i.split == "dev" and i.label in HAZARDS]
-    got = semantic.classify([i.text for i in dev])
-    low, high = clf.by_budget[0.10] + 1e-3, clf.threshold - 1e-3
-    between = [i.text for i, c in zip(dev, got, strict=True) if low < c.confidence < high]
+    between = dev_prompts_between_thresholds(semantic, 0.10)
     assert between, "no dev item between the two thresholds"
     default = PolicySet.load()
     loose = default.model_copy(update={"classifier_max_benign_fpr": 0.10})

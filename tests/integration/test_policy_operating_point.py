@@ -7,36 +7,26 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from serve_app.governance.dataset import load_items
-from serve_app.governance.hazards import HAZARDS
 from serve_app.governance.library import POLICY_DIR
 from serve_app.governance.policy import DEFAULT_POLICY_FILE
 from serve_app.governance.semantic import default_semantic
 from tests.integration.conftest import Graph
+from tests.support.governance import dev_prompts_between_thresholds
 
 pytestmark = pytest.mark.slow
 POLICY = "zz-loose-classifier-test"
-
-
-def _between_the_thresholds() -> str:
-    """A harmful dev prompt the default threshold lets through and the 10 % one flags,
-    found with the classifier the graph serves (the same cache)."""
-    semantic = default_semantic()
-    clf = semantic.classifier
-    dev = [i for i in load_items() if i.split == "dev" and i.label in HAZARDS]
-    got = semantic.classify([i.text for i in dev])
-    low, high = clf.by_budget[0.10] + 1e-3, clf.threshold - 1e-3
-    between = [i.text for i, c in zip(dev, got, strict=True) if low < c.confidence < high]
-    assert between, "no dev item between the two thresholds"
-    return between[0]
+LOOSE = 0.10  # the policy's classifier_max_benign_fpr
 
 
 def test_policy_file_chooses_the_classifier_operating_point(graph: Graph, alice: str) -> None:
+    # Found with the classifier the graph serves (the same cache).
+    between = dev_prompts_between_thresholds(default_semantic(), LOOSE)
+    assert between, "no dev item between the two thresholds"
+    text = between[0]
     path = POLICY_DIR / f"{POLICY}.yaml"
     policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
-    policy["classifier_max_benign_fpr"] = 0.10
+    policy["classifier_max_benign_fpr"] = LOOSE
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
-    text = _between_the_thresholds()
     try:
         with graph.client(alice) as c:
             agents = {}
