@@ -45,7 +45,9 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
         direction = "output" if item.kind == "response" else "input"
         verdict = scorer.evaluate(item.text, direction, "permissive")  # type: ignore[arg-type]
         predicted = {v.category for v in verdict.violations}
-        gold = set() if item.label == "benign" else {item.label}
+        # An item may hold a second label's span too (`Item.also`: an IP address inside a
+        # code-interpreter attack is PII as well): finding it is then no false positive.
+        gold = (set() if item.label == "benign" else {item.label}) | set(item.also)
         if item.label == "benign":
             benign_total += 1
             benign_flagged += bool(predicted)
@@ -88,7 +90,9 @@ def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:
         if hazard_total
         else None,
         "benign_items": benign_total,
-        "benign_false_positive_rate": round(benign_flagged / benign_total, 4),
+        "benign_false_positive_rate": round(benign_flagged / benign_total, 4)
+        if benign_total
+        else None,
         "top_confusions": dict(confusions.most_common(8)),
     }
 

@@ -24,3 +24,12 @@ def test_operating_points_trade_recall_for_false_positives() -> None:
     thresholds = [points[k]["threshold"] for k in rates]
     assert recalls == sorted(recalls) and thresholds == sorted(thresholds, reverse=True)
     assert 0.0 < recalls[-1] <= 1.0
+
+
+def test_a_second_label_span_counts_as_found_not_as_a_false_positive() -> None:
+    # Test items annotated `also_contains: pii` (IP addresses inside code-interpreter
+    # attacks): the PII detector's finding there is a true positive.
+    also = {i.text for i in load_items() if i.split == "test" and "pii" in i.also}
+    assert len(also) == 2
+    pii = governance_eval.evaluate("test", also)["per_category"]["pii"]
+    assert pii == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}

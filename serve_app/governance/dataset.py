@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +32,9 @@ class Item:
     kind: str  # prompt | response
     split: str  # train | dev | test
     group: str
+    # Other labels the text also carries: an IP address inside a code-interpreter attack
+    # is PII as well (the file's `also_contains` section).
+    also: tuple[str, ...] = ()
 
 
 def split_of(key: str) -> str:
@@ -129,7 +132,23 @@ def load_items() -> tuple[Item, ...]:
     items += _expand(raw.get("train_only") or {}, raw["framings"], split="train")
     for text, label in _pii_and_secret_items(random.Random(20261101)):
         items.append(Item(text, label, "prompt", split_of(f"gen:{text}"), text))
-    return tuple(items)
+    return tuple(_with_also(items, raw.get("also_contains") or {}))
+
+
+def _with_also(items: list[Item], also_contains: dict[str, list[str]]) -> list[Item]:
+    """`items` with each `also_contains` label added to the items whose text is listed
+    under it; a label outside LABELS or a text that is no item is an error."""
+    extra: dict[str, list[str]] = {}
+    for label, texts in also_contains.items():
+        if label not in LABELS or label == BENIGN:
+            raise ValueError(f"{DATA_FILE.name}: also_contains: unknown label {label!r}")
+        for text in texts:
+            extra.setdefault(text, []).append(label)
+    known = {i.text for i in items}
+    missing = [t for t in extra if t not in known]
+    if missing:
+        raise ValueError(f"{DATA_FILE.name}: also_contains: no item has the text {missing[0]!r}")
+    return [replace(i, also=tuple(extra[i.text])) if i.text in extra else i for i in items]
 
 
 def _expand(section: dict, framings: dict, split: str | None) -> list[Item]:

@@ -43,6 +43,11 @@ LR = 1e-4  # the tuned encoder layers
 HEAD_LR = 3e-3
 WEIGHT_DECAY = 0.01
 BENIGN_WEIGHT = 5.0  # benign's class weight, times the balanced weight: fewer false positives
+# Label smoothing of the cross-entropy (fine-tuning and refit), as torch applies it with
+# class weights: the uniform part is weighted too, so it leans towards benign. On 2026.12-4's
+# data it raised dev macro F1 0.846 -> 0.860 and harmful flagged at 1 % / 2 % dev benign FPR
+# 76 -> 80 % / 81 -> 82 % (less at 5-10 %: 90 -> 88 %, 94 -> 93 %), the budgets served.
+LABEL_SMOOTHING = 0.1
 SCALE = 20.0  # the head's input is SCALE * the unit-length embedding
 TRAIN_MAX_TOKENS = 64  # training texts are cut here (serving cuts at the embedder's limit)
 SEED = 0
@@ -59,9 +64,9 @@ THREADS = 2
 REFIT_STEPS = 200
 REFIT_LR = 1e-3
 REFIT_L2 = 1e-3  # times the squared weights, added to the loss
-REFIT_PARAMS = (REFIT_STEPS, REFIT_LR, REFIT_L2)
+REFIT_PARAMS = (REFIT_STEPS, REFIT_LR, REFIT_L2, LABEL_SMOOTHING)
 PARAMS = (ENCODER_LAYERS, TUNED_LAYERS, EPOCHS, BATCH, LR, HEAD_LR, WEIGHT_DECAY,
-          BENIGN_WEIGHT, SCALE, TRAIN_MAX_TOKENS, SEED, THREADS)  # fmt: skip
+          BENIGN_WEIGHT, SCALE, TRAIN_MAX_TOKENS, SEED, THREADS, LABEL_SMOOTHING)  # fmt: skip
 
 
 @dataclass
@@ -176,7 +181,9 @@ def _weighted_loss(labels: list[int], n_classes: int, benign: int):  # noqa: ANN
     counts = np.bincount(labels, minlength=n_classes)
     class_w = len(labels) / (n_classes * np.maximum(counts, 1))
     class_w[benign] *= BENIGN_WEIGHT
-    return torch.nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32))
+    return torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(class_w, dtype=torch.float32), label_smoothing=LABEL_SMOOTHING
+    )
 
 
 def truncate(model, layers: int):  # noqa: ANN001, ANN201
