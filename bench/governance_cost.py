@@ -163,7 +163,7 @@ def measure(
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         # int8 matrix products run ~3x faster where the CPU has VNNI/AMX than on plain AVX2
-        # (10 vs 31 ms on two 2-core machines of this project): the figure needs the CPU.
+        # (~10 vs 23-33 ms on two 2-core machines of this project): the figure needs the CPU.
         "cpu": _cpu_description(),
         "python": platform.python_version(),
     }
