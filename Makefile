@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install model run browser test test-fast bench bench-autoscale bench-wrapped clean
+.PHONY: install model governance-weights run browser test test-fast bench bench-autoscale bench-wrapped clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ endif
 model: install
 	$(PY) -m serve_app.model.build
 	$(PY) -m serve_app.governance.semantic
+
+# After a change to the governance dataset or a fine-tuning setting: fine-tune, then ship
+# the weights with the code (serve_app/governance/data/weights/; commit them).
+governance-weights: install
+	$(PY) -m serve_app.governance.ship_weights
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

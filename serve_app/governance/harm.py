@@ -6,9 +6,11 @@ corpus, then the head is fitted again on the served (int8) embeddings of the sam
 dev chooses the decision threshold (on the served int8 encoder: the lowest
 false-positive budget's best macro F1); test is never used. Cached under var/governance/
 keyed by the training data itself and the hyper-parameters (the tuned weights), and by
-the embedding variant (the threshold). Classes: the 14 MLCommons hazards, prompt
-injection, and benign (which includes risky-sounding benign prompts, the over-refusal
-guard).
+the embedding variant (the threshold). The tuned weights and refitted head of the shipped
+data are shipped too (SHIPPED_DIR, same file names): a fresh checkout only exports the
+encoder and chooses the threshold; a change to the data or the settings trains afresh.
+Classes: the 14 MLCommons hazards, prompt injection, and benign (which includes
+risky-sounding benign prompts, the over-refusal guard).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training
 # The thresholds dev may choose among: steps of 0.005 up to 0.99, then finer towards 1
 # (1 - 10^-2 ... 1 - 10^-4): the harmful mass of confident look-alikes sits within 0.01
 # of 1, where a step of 0.005 left no threshold within the budget on 2026.12-3's dev.
+# The tuned layers and the refitted head of the current training data, under the cache's
+# file names (the keys in them say what they were built from). `python -m
+# serve_app.governance.ship_weights` writes them; a first build without them fine-tunes
+# for ~20 minutes on a 2-core AVX2 machine (~12 with AMX), with them it takes ~1 minute.
+SHIPPED_DIR = Path(__file__).parent / "data" / "weights"
 THRESHOLDS = np.unique(
     np.round(np.concatenate([np.arange(0.30, 0.99, 0.005), 1.0 - np.geomspace(1e-2, 1e-4, 25)]), 6)
 )
@@ -121,8 +128,7 @@ class HarmClassifier:
         key = cache_key()
         weights = _load_or_tune(cache_dir / f"harm-v{FORMAT}-{key}.pt")
         embedder.use_weights(weights.encoder, key, weights.layers)
-        w, b = _load_or_refit(cache_dir / f"harm-v{FORMAT}-{key}-head-{head_key(embedder)}.npz",
-                              weights, embedder)  # fmt: skip
+        w, b = _load_or_refit(cache_dir / weight_files(embedder)[1], weights, embedder)
         path = cache_dir / f"harm-v{FORMAT}-{key}-threshold-{threshold_key(embedder)}.json"
         if path.exists():
             try:
@@ -145,22 +151,30 @@ class HarmClassifier:
         return model
 
 
+def cached_or_shipped(path: Path) -> Path:
+    """`path` where it exists, else the shipped file of the same name (which may not)."""
+    shipped = SHIPPED_DIR / path.name
+    return shipped if not path.exists() and shipped.exists() else path
+
+
 def _load_or_tune(path: Path) -> finetune.TunedWeights:
     import torch
 
-    if path.exists():
+    if (found := cached_or_shipped(path)).exists():
         try:
-            z = torch.load(path, weights_only=True)
+            z = torch.load(found, weights_only=True)
             return finetune.TunedWeights(
                 z["encoder"], z["w"].numpy(), z["b"].numpy(), int(z["layers"])
             )
         except (OSError, RuntimeError, KeyError, ValueError):
-            log.warning("harm classifier cache %s unreadable; fine-tuning again", path)
+            log.warning("harm classifier cache %s unreadable; fine-tuning again", found)
     texts, labels = training_set()
-    log.warning(  # ~1 minute per 2,000 texts on the 2-core CI machine (finetune.THREADS)
-        "fine-tuning the hazard classifier on %d texts (first use; about %d minutes)",
+    log.warning(  # 1-1.7 minutes per 1,000 texts on 2 cores (finetune.THREADS), by CPU
+        "fine-tuning the hazard classifier on %d texts (no cached or shipped weights for "
+        "this data; about %d minutes; `python -m serve_app.governance.ship_weights` ships "
+        "them afterwards)",
         len(texts),
-        max(1, round(len(texts) / 2000)),
+        max(1, round(len(texts) / 1000)),
     )
     started = time.monotonic()
     weights = finetune.fine_tune(
@@ -181,12 +195,12 @@ def _load_or_refit(
     path: Path, weights: finetune.TunedWeights, embedder: Embedder
 ) -> tuple[np.ndarray, np.ndarray]:
     """The head refitted on the served embeddings of the training texts (cached)."""
-    if path.exists():
+    if (found := cached_or_shipped(path)).exists():
         try:
-            with np.load(path) as z:
+            with np.load(found) as z:
                 return z["w"], z["b"]
         except (OSError, ValueError, KeyError):
-            log.warning("refitted head cache %s unreadable; fitting it again", path)
+            log.warning("refitted head cache %s unreadable; fitting it again", found)
     texts, labels = training_set()
     started = time.monotonic()
     w, b = finetune.refit_head(
@@ -199,6 +213,13 @@ def _load_or_refit(
     np.savez(buf, w=w, b=b)
     _write_atomic(path, buf.getvalue())
     return w, b
+
+
+def weight_files(embedder: Embedder) -> list[str]:
+    """The names of the tuned weights and the head `embedder`'s variant reads (the files
+    SHIPPED_DIR holds for the served variant)."""
+    key = cache_key()
+    return [f"harm-v{FORMAT}-{key}.pt", f"harm-v{FORMAT}-{key}-head-{head_key(embedder)}.npz"]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -4,12 +4,13 @@ the configured var/ directory, so the first run of the suite trains it once)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from serve_app.governance import finetune, harm, onnx_encoder
+from serve_app.governance import finetune, harm, onnx_encoder, ship_weights
 from serve_app.governance.dataset import load_items
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
@@ -154,6 +155,35 @@ def test_cached_weights_are_reused(semantic: SemanticModel, monkeypatch) -> None
     again = harm.HarmClassifier.load_or_train(get_settings().var_dir / "governance", Embedder())
     assert np.array_equal(again.w, semantic.classifier.w)
     assert again.threshold == semantic.classifier.threshold
+
+
+def test_a_fresh_cache_loads_the_shipped_weights(
+    semantic: SemanticModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    names = harm.weight_files(semantic.embedder)
+    assert sorted(p.name for p in harm.SHIPPED_DIR.iterdir()) == sorted(names), (
+        "the shipped weights are not the current data's: "
+        "run `python -m serve_app.governance.ship_weights` and commit them"
+    )
+
+    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("trained although the shipped weights are this data's")
+
+    monkeypatch.setattr(finetune, "fine_tune", no_training)
+    monkeypatch.setattr(finetune, "refit_head", no_training)
+    weights = harm._load_or_tune(tmp_path / names[0])
+    assert weights.layers == finetune.ENCODER_LAYERS and weights.encoder
+    w, b = harm._load_or_refit(tmp_path / names[1], weights, semantic.embedder)
+    assert np.array_equal(w, semantic.classifier.w) and np.array_equal(b, semantic.classifier.b)
+    assert not any(tmp_path.iterdir())  # read where they are shipped, not copied
+
+
+def test_shipping_replaces_the_weights_of_earlier_data(tmp_path: Path) -> None:
+    (tmp_path / "harm-v4-0123456789abcdef.pt").write_bytes(b"earlier data's weights")
+    shipped = ship_weights.ship(get_settings().var_dir, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in shipped)
+    for path in shipped:
+        assert path.read_bytes() == (harm.SHIPPED_DIR / path.name).read_bytes()
 
 
 def test_head_refit_fits_the_served_embeddings_deterministically() -> None:
