@@ -44,14 +44,14 @@ FORMAT = 5
 # a policy file may choose another of BENIGN_FPR_BUDGETS (`classifier_max_benign_fpr`).
 MAX_DEV_BENIGN_FPR = 0.02
 CORPUS_BENIGN = 400  # benign texts drawn from the shipped chat corpus (training only)
-# The thresholds dev may choose among: steps of 0.005 up to 0.99, then finer towards 1
-# (1 - 10^-2 ... 1 - 10^-4): the harmful mass of confident look-alikes sits within 0.01
-# of 1, where a step of 0.005 left no threshold within the budget on 2026.12-3's dev.
 # The tuned layers and the refitted head of the current training data, under the cache's
 # file names (the keys in them say what they were built from). `python -m
 # serve_app.governance.ship_weights` writes them; a first build without them fine-tunes
 # for ~30 minutes on a 2-core AVX2 machine (all 6 layers), with them it takes ~40 s.
 SHIPPED_DIR = Path(__file__).parent / "data" / "weights"
+# The thresholds dev may choose among: steps of 0.005 up to 0.99, then finer towards 1
+# (1 - 10^-2 ... 1 - 10^-4): the harmful mass of confident look-alikes sits within 0.01
+# of 1, where a step of 0.005 left no threshold within the budget on 2026.12-3's dev.
 THRESHOLDS = np.unique(
     np.round(np.concatenate([np.arange(0.30, 0.99, 0.005), 1.0 - np.geomspace(1e-2, 1e-4, 25)]), 6)
 )

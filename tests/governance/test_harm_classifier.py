@@ -1,5 +1,6 @@
-"""The fine-tuned hazard classifier: real model, trained from the shipped data (cached under
-the configured var/ directory, so the first run of the suite trains it once)."""
+"""The fine-tuned hazard classifier: real model, trained from the shipped data (its tuned
+weights ship with the code; the encoder export and the dev threshold are cached under the
+configured var/ directory at the suite's first run)."""
 
 from __future__ import annotations
 
