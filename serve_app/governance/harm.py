@@ -129,9 +129,9 @@ class HarmClassifier:
 
         Points `embedder` at the fine-tuned encoder: its embeddings are what the head reads."""
         key = cache_key()
-        weights = _load_or_tune(cache_dir / f"harm-v{FORMAT}-{key}.pt")
+        weights = _load_or_tune(cache_dir / _tuned_name(key))
         embedder.use_weights(weights.encoder, key, weights.layers)
-        w, b = _load_or_refit(cache_dir / weight_files(embedder)[1], weights, embedder)
+        w, b = _load_or_refit(cache_dir / _head_name(key, embedder), weights, embedder)
         path = cache_dir / f"harm-v{FORMAT}-{key}-threshold-{threshold_key(embedder)}.json"
         if path.exists():
             try:
@@ -221,11 +221,21 @@ def _load_or_refit(
     return w, b
 
 
+def _tuned_name(key: str) -> str:
+    """The tuned layers' file for training data and settings keyed `key`."""
+    return f"harm-v{FORMAT}-{key}.pt"
+
+
+def _head_name(key: str, embedder: Embedder) -> str:
+    """The refitted head's file for those weights as `embedder`'s variant serves them."""
+    return f"harm-v{FORMAT}-{key}-head-{head_key(embedder)}.npz"
+
+
 def weight_files(embedder: Embedder) -> list[str]:
     """The names of the tuned weights and the head `embedder`'s variant reads (the files
     SHIPPED_DIR holds for the served variant)."""
     key = cache_key()
-    return [f"harm-v{FORMAT}-{key}.pt", f"harm-v{FORMAT}-{key}-head-{head_key(embedder)}.npz"]
+    return [_tuned_name(key), _head_name(key, embedder)]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
