@@ -1,7 +1,7 @@
 """Governance scoring cost: input + output screening of one request, messages < 1,000 chars.
 
     .venv/bin/python bench/governance_cost.py [--requests 200] [--repeats 3] [--fp32]
-        [--runtime onnx|torch] [--compare torch|onnx]
+        [--runtime onnx|torch] [--compare torch|onnx|no-exit]
 
 In-process `GovernanceScorer.evaluate` with the default policy in `standard` mode, the
 way the Serve deployment calls it for one request: the user message (input) and then
@@ -37,6 +37,7 @@ from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import SemanticModel  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "governance_cost.json"
+NO_EXIT = "no-exit"  # --compare: the same runtime without the early exit
 MAX_CHARS = 1000
 
 
@@ -75,15 +76,19 @@ def _cpu_description() -> str:
     return f"{model} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
-def _request_ms(scorer: GovernanceScorer, user: str, answer: str) -> tuple[float, float]:
-    """Wall and CPU ms of one request's input + output evaluation."""
+def _request_ms(scorer: GovernanceScorer, user: str, answer: str) -> tuple[float, float, int]:
+    """Wall and CPU ms of one request's input + output evaluation, and how many of its two
+    texts the early exit decided."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    scorer.evaluate(user, "input", "standard")
-    scorer.evaluate(answer, "output", "standard")
-    return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu_start) * 1000.0
+    verdicts = (scorer.evaluate(user, "input", "standard"),
+                scorer.evaluate(answer, "output", "standard"))  # fmt: skip
+    wall = (time.perf_counter() - start) * 1000.0
+    cpu = (time.process_time() - cpu_start) * 1000.0
+    return wall, cpu, sum((v.classifier or {}).get("stage") == "early" for v in verdicts)
 
 
-def _summary(wall: list[float], cpu: list[float], round_medians: list[float]) -> dict:
+def _summary(wall: list[float], cpu: list[float], round_medians: list[float], early: int) -> dict:
+    n = len(wall)
     wall = sorted(wall)
     return {
         "median_ms": round(statistics.median(wall), 2),
@@ -92,6 +97,8 @@ def _summary(wall: list[float], cpu: list[float], round_medians: list[float]) ->
         # CPU time of this process per request: what the scoring costs when the shared
         # machine is busy (wall time then includes waiting for a core).
         "cpu_median_ms": round(statistics.median(cpu), 2),
+        # Texts (two per request) the early exit decided after the encoder's bottom layers.
+        "texts_exited_early": round(early / (2 * n), 4) if n else None,
     }
 
 
@@ -102,19 +109,20 @@ def measure(
     runtime: str = "onnx",
     compare: str | None = None,
 ) -> dict:
-    """The cost with `runtime`'s encoder; with `compare`, also with that runtime's, the two
-    taking turns request by request (this machine's speed drifts: only interleaved
-    figures compare)."""
+    """The cost with `runtime`'s encoder; with `compare`, also with that runtime's (or,
+    `no-exit`, with `runtime`'s without the early exit), the two taking turns request by
+    request (this machine's speed drifts: only interleaved figures compare)."""
     from serve_app.settings import get_settings
 
     runtimes = [runtime] + ([compare] if compare else [])
-    scorers = {
-        name: GovernanceScorer(
-            PolicySet.load(),
-            SemanticModel.load(get_settings().var_dir, quantize=quantize, runtime=name),
+    scorers = {}
+    for name in runtimes:
+        semantic = SemanticModel.load(
+            get_settings().var_dir, quantize=quantize, runtime=runtime if name == NO_EXIT else name
         )
-        for name in runtimes
-    }
+        if name == NO_EXIT:
+            semantic.exit_head = None  # every text runs all the encoder's layers
+        scorers[name] = GovernanceScorer(PolicySet.load(), semantic)
     pairs = request_pairs(requests + 20)
     warm, pairs = pairs[:20], pairs[20:]
     for scorer in scorers.values():
@@ -123,6 +131,7 @@ def measure(
     wall: dict[str, list[float]] = {name: [] for name in runtimes}
     cpu: dict[str, list[float]] = {name: [] for name in runtimes}
     medians: dict[str, list[float]] = {name: [] for name in runtimes}
+    early = dict.fromkeys(runtimes, 0)
     for _ in range(repeats):
         for scorer in scorers.values():
             scorer.semantic.embedder.clear_cache()
@@ -131,9 +140,10 @@ def measure(
             # Request by request, the runtimes in turn (first one, then the other): the
             # machine's drift within a round falls on both alike.
             for name in runtimes[n % len(runtimes) :] + runtimes[: n % len(runtimes)]:
-                w, c = _request_ms(scorers[name], user, answer)
+                w, c, e = _request_ms(scorers[name], user, answer)
                 this_round[name].append(w)
                 cpu[name].append(c)
+                early[name] += e
         for name in runtimes:
             wall[name] += this_round[name]
             medians[name].append(round(statistics.median(this_round[name]), 2))
@@ -141,16 +151,17 @@ def measure(
     result = {
         "requests": len(pairs),
         "rounds": repeats,
-        **_summary(wall[runtime], cpu[runtime], medians[runtime]),
+        **_summary(wall[runtime], cpu[runtime], medians[runtime], early[runtime]),
         "median_chars_in_plus_out": statistics.median(chars),
         "embedding": scorers[runtime].semantic.embedder.variant,
         "what": "input + output evaluation of one request, distinct texts, no cache hits, "
         "1 thread, in-process",
     }
     if compare:
-        other = _summary(wall[compare], cpu[compare], medians[compare])
+        other = _summary(wall[compare], cpu[compare], medians[compare], early[compare])
         result["compared_with"] = {
-            "embedding": scorers[compare].semantic.embedder.variant,
+            "embedding": scorers[compare].semantic.embedder.variant
+            + ("|no early exit" if compare == NO_EXIT else ""),
             **other,
             # Per round, this runtime's median over the other's (requests alternate).
             "round_ratios": [
@@ -176,7 +187,10 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="the unquantized encoder (baseline)")
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the encoder's runtime")
     ap.add_argument(
-        "--compare", choices=RUNTIMES, help="also measure this runtime, taking turns with it"
+        "--compare",
+        choices=[*RUNTIMES, NO_EXIT],
+        help="also measure this runtime (no-exit: the same one without the early exit), "
+        "taking turns with it",
     )
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()

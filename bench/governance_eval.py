@@ -109,17 +109,35 @@ def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
     items = [i for i in load_items() if i.split == split and i.label in CLASSES]
     if restrict_to is not None:
         items = [i for i in items if i.text in restrict_to]
-    probs = model.classifier.probabilities(model.embed([i.text for i in items]))
-    mass = 1.0 - probs[:, CLASSES.index(BENIGN)]
+    # As served: a text the early exit decided is never flagged (its mass counts as 0).
+    screened = model.screen([i.text for i in items])
+    b = CLASSES.index(BENIGN)
+    mass = np.array([1.0 - p[b] if stage == "full" else 0.0 for p, stage in screened])
     benign = np.array([i.label == BENIGN for i in items])
     harmful = np.array([i.label in HAZARDS for i in items])
     served = model.classifier.threshold
     points = {
+        "exited_early": {
+            "benign": round(
+                float(
+                    np.mean([s == "early" for (_, s), x in zip(screened, benign, strict=True) if x])
+                ),
+                4,
+            ),
+            "harmful": round(
+                float(
+                    np.mean(
+                        [s == "early" for (_, s), x in zip(screened, harmful, strict=True) if x]
+                    )
+                ),
+                4,
+            ),
+        },
         "served": {
             "threshold": served,
             "benign_fpr": round(float((mass[benign] >= served).mean()), 4),
             "hazard_recall_any": round(float((mass[harmful] >= served).mean()), 4),
-        }
+        },
     }
     for fpr in BENIGN_FPR_BUDGETS:  # the budgets a policy file may choose
         # The lowest threshold that flags at most `fpr` of the benign items.

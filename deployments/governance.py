@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import numpy as np
 from ray import serve
 
 from serve_app.governance.library import PolicyLibrary
 from serve_app.governance.policy import DEFAULT_POLICY_FILE, PolicySet
 from serve_app.governance.scorer import GovernanceScorer, Verdict
-from serve_app.governance.semantic import SemanticModel
+from serve_app.governance.semantic import Screening, SemanticModel
 from serve_app.observability.logs import configure_from_settings
 from serve_app.settings import get_settings
 
@@ -29,15 +28,16 @@ class GovernanceScorerDeployment:
         self.library = PolicyLibrary(policy_file or DEFAULT_POLICY_FILE)
         self.policies = self.library.get(None)
         self.semantic = SemanticModel.load(get_settings().var_dir)
-        self.semantic.embed(["warm-up"])
+        self.semantic.screen(["warm-up"])
         self._scorers: dict[int, GovernanceScorer] = {}
 
     # No wait for a batch to fill: texts that queued while the previous batch was encoded
     # form the next one, and a lone request (concurrency 1) is not held back 2 ms twice.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Embeddings of concurrent requests, computed as one batch off the event loop."""
-        return list(await asyncio.to_thread(self.semantic.embed, texts))
+    async def _screen(self, texts: list[str]) -> list[Screening]:
+        """Class probabilities of concurrent requests' texts (the early exit's or the full
+        classifier's), computed as one batch off the event loop."""
+        return await asyncio.to_thread(self.semantic.screen, texts)
 
     def _scorer(self, policies: PolicySet) -> GovernanceScorer:
         scorer = self._scorers.get(id(policies))
@@ -60,10 +60,10 @@ class GovernanceScorerDeployment:
         policies = self.library.get(policy)
         classification = None
         if policies.needs_semantic:
-            emb = await self._embed(text)
-            classification = self.semantic.classifier.classify(
-                emb, policies.classifier_max_benign_fpr
-            )[0]
+            probs, stage = await self._screen(text)
+            classification = self.semantic.classifier.decide(
+                probs, stage, policies.classifier_max_benign_fpr
+            )
         verdict = self._scorer(policies).evaluate(
             text,
             direction,  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,6 +147,8 @@ class Embedder:
 
     `quantize`: int8 linear layers (falls back to fp32, with a warning, where this torch
     build cannot quantize). `cache_size`: how many texts' embeddings to remember (0: none).
+    `split`: serve the ONNX encoder as two graphs split after that many layers, so that
+    `embed_staged` can stop half-way (None, or the torch runtime: one graph).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Embedder:
         trace: bool = True,
         runtime: str = "onnx",
         cache_dir: Path | None = None,
+        split: int | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
@@ -167,6 +171,7 @@ class Embedder:
         self.quantize = quantize
         self.trace = trace
         self.cache_size = cache_size
+        self.split = split
         self._lock = threading.Lock()
         self._model = None
         self._traced = None
@@ -174,7 +179,8 @@ class Embedder:
         self._tokenizer = None
         self._rust = None  # the Rust tokenizer _encode uses
         self._quantized = False
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # text -> [its embedding at the split (or None), its full embedding (or None)]
+        self._cache: OrderedDict[str, list[np.ndarray | None]] = OrderedDict()
         self._weights: dict | None = None
         self._weights_tag = ""
         self._layers: int | None = None  # None: all of the shipped model's layers
@@ -192,7 +198,8 @@ class Embedder:
     def variant(self) -> str:
         """What the embeddings depend on (a classifier trained on them is keyed by it).
 
-        Loads the model: whether quantization took is known only then."""
+            Loads the model: whether quantization took is known only then. (The split, if any,
+        is not in it: the two graphs chained give the one graph's numbers exactly.)"""
         self.load()
         kind = "ort-int8" if self._onnx is not None else "int8-pc" if self._quantized else "fp32"
         tuned = f"+tuned:{self._weights_tag}" if self._weights is not None else ""
@@ -203,6 +210,12 @@ class Embedder:
     def onnx_tag(self) -> str:
         """What the ONNX encoder is built from: the weights' tag and the depth."""
         return f"{self._weights_tag or 'shipped'}|layers:{self._layers}"
+
+    @property
+    def staged(self) -> bool:
+        """Whether `embed_staged` can stop at the split (the ONNX encoder, split)."""
+        self.load()
+        return self._onnx is not None and self._onnx.split is not None
 
     def load(self) -> None:
         with self._lock:
@@ -269,8 +282,11 @@ class Embedder:
             return None
         model = self._bert("eager")  # the exporter traces plain ops
         try:
+            split = (
+                self.split if self.split is not None and self.split < self._depth(model) else None
+            )
             encoder = onnx_encoder.OnnxEncoder.build(
-                model, self.onnx_tag, self.cache_dir or default_cache_dir(), self.threads
+                model, self.onnx_tag, self.cache_dir or default_cache_dir(), self.threads, split
             )
             with torch.inference_mode():
                 for text in ("warm up", "a longer probe sentence, with punctuation, to check"):
@@ -283,6 +299,10 @@ class Embedder:
             log.warning("ONNX Runtime encoder unavailable (%s); embedding with torch", exc)
             return None
         return encoder
+
+    @staticmethod
+    def _depth(model) -> int:  # noqa: ANN001
+        return len(model.encoder.layer)
 
     def _hidden(self, enc):  # noqa: ANN001, ANN202
         """The torch encoder's last hidden state (the ONNX one is called in `embed`)."""
@@ -307,10 +327,9 @@ class Embedder:
             out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
             todo: dict[str, list[int]] = {}
             for i, text in enumerate(texts):
-                hit = self._cache.get(text) if self.cache_size else None
-                if hit is not None:
-                    self._cache.move_to_end(text)
-                    out[i] = hit
+                hit = self._recall(text)
+                if hit is not None and hit[1] is not None:
+                    out[i] = hit[1]
                 else:
                     todo.setdefault(text, []).append(i)
             with torch.inference_mode():
@@ -321,8 +340,35 @@ class Embedder:
                     else:
                         row = _pool(self._hidden(self._encode(text))).numpy()
                     out[rows] = row
-                    self._remember(text, row)
+                    self._remember(text, full=row)
             return out
+
+    def embed_staged(
+        self, texts: list[str], go_on: Callable[[np.ndarray], bool]
+    ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Per text: (its unit embedding at the split, its full embedding or None).
+
+        The full one is computed, from the split layer's hidden state, only where
+        `go_on(embedding at the split)` is true. Unsplit (torch, or `split` None): (None,
+        the full embedding) — `go_on` is not asked. One text at a time, as `embed`."""
+        self.load()
+        if not self.staged:
+            return [(None, row) for row in self.embed(texts)]
+        assert self._onnx is not None
+        out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+        with self._lock:
+            for text in texts:
+                early, full = self._recall(text) or (None, None)
+                if early is not None and (full is not None or not go_on(early)):
+                    out.append((early, full))
+                    continue
+                ids = np.array([self._token_ids(text)], dtype=np.int64)
+                hidden = self._onnx.lower(ids)
+                early = _unit_mean(hidden)
+                full = _unit_mean(self._onnx.upper(hidden)) if go_on(early) else None
+                self._remember(text, early, full)
+                out.append((early, full))
+        return out
 
     def _encode(self, text: str) -> dict:
         """Token ids and attention mask of one text, as tensors (see `_token_ids`)."""
@@ -352,9 +398,24 @@ class Embedder:
         with self._lock:
             self._cache.clear()
 
-    def _remember(self, text: str, row: np.ndarray) -> None:
+    def _recall(self, text: str) -> list[np.ndarray | None] | None:
+        """The cached [embedding at the split, full embedding] of `text` (either may be
+        None), or None."""
+        hit = self._cache.get(text) if self.cache_size else None
+        if hit is not None:
+            self._cache.move_to_end(text)
+        return hit
+
+    def _remember(
+        self, text: str, early: np.ndarray | None = None, full: np.ndarray | None = None
+    ) -> None:
         if not self.cache_size:
             return
-        self._cache[text] = row.copy()
+        entry = self._cache.setdefault(text, [None, None])
+        self._cache.move_to_end(text)
+        if early is not None:
+            entry[0] = early.copy()
+        if full is not None:
+            entry[1] = full.copy()
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -59,11 +59,15 @@ THRESHOLDS = np.unique(
 
 @dataclass(frozen=True)
 class Classification:
-    """Class probabilities of one text and the class it is flagged as (None: not flagged)."""
+    """Class probabilities of one text and the class it is flagged as (None: not flagged).
+
+    `stage`: "full" (the classifier on the full encoder) or "early" (the early exit's head
+    read it as benign after the bottom layers: serve_app/governance/early_exit.py)."""
 
     probs: dict[str, float]
     flagged: str | None
     confidence: float
+    stage: str = "full"
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -103,23 +107,24 @@ class HarmClassifier:
     def classify(self, emb: np.ndarray, budget: float | None = None) -> list[Classification]:
         """Each embedding's class probabilities and verdict at the threshold chosen on dev
         for `budget` (a share of dev benign items flagged; None: MAX_DEV_BENIGN_FPR)."""
+        return [self.decide(p, "full", budget) for p in self.probabilities(emb)]
+
+    def decide(self, p: np.ndarray, stage: str, budget: float | None = None) -> Classification:
+        """The verdict on one text's class probabilities `p`: from this classifier (stage
+        "full"), flagged when the harmful mass (1 - p(benign)) reaches the threshold for
+        `budget`, as the most probable harmful class; from the early exit's head (stage
+        "early"), never flagged (it exits only texts it reads as benign)."""
         threshold = self.threshold_for(budget)
-        out = []
-        for p in self.probabilities(emb):
-            # Flag when the harmful mass (1 - p(benign)) reaches the threshold; the
-            # category is the most probable harmful class.
-            harm = p.copy()
-            harm[self._benign] = -1.0
-            top = int(harm.argmax())
-            mass = 1.0 - float(p[self._benign])
-            out.append(
-                Classification(
-                    probs=dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True)),
-                    flagged=CLASSES[top] if mass >= threshold else None,
-                    confidence=round(mass, 4),
-                )
-            )
-        return out
+        harm = np.array(p, dtype=np.float64)
+        harm[self._benign] = -1.0
+        top = int(harm.argmax())
+        mass = 1.0 - float(p[self._benign])
+        return Classification(
+            probs=dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True)),
+            flagged=CLASSES[top] if stage == "full" and mass >= threshold else None,
+            confidence=round(mass, 4),
+            stage=stage,
+        )
 
     # -- building -------------------------------------------------------------------
 

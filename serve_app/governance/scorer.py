@@ -58,7 +58,8 @@ class Verdict:
     governance_interventions: int = 0
     policies_evaluated: int = 0
     principles_evaluated: int = 0
-    # The harmful-content classifier's view: {"flagged", "confidence", "probs"} (None: not run).
+    # The harmful-content classifier's view: {"flagged", "confidence", "probs", "stage"}
+    # (None: not run); stage "early": the early exit's head decided (see Classification).
     classifier: dict | None = None
     policy_version: str | None = None
 
@@ -156,6 +157,7 @@ class GovernanceScorer:
                     "flagged": classification.flagged,
                     "confidence": classification.confidence,
                     "probs": classification.probs,
+                    "stage": classification.stage,
                 }
                 if classification is not None
                 else None

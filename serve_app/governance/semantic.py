@@ -1,4 +1,5 @@
-"""The meaning-based half of governance: MiniLM embeddings + the hazard classifier."""
+"""The meaning-based half of governance: MiniLM embeddings + the hazard classifier, with the
+early exit (serve_app/governance/early_exit.py) in front of the encoder's upper layers."""
 
 from __future__ import annotations
 
@@ -7,36 +8,74 @@ from pathlib import Path
 
 import numpy as np
 
+from serve_app.governance import early_exit, harm
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.harm import Classification, HarmClassifier
+
+# One text's screening: its class probabilities and the stage that gave them ("early": the
+# exit head after early_exit.EXIT_LAYER layers; "full": the classifier on the full encoder).
+Screening = tuple[np.ndarray, str]
 
 log = logging.getLogger("promethios.governance.semantic")
 
 
 class SemanticModel:
-    """Embeds texts and classifies them; `classify` is the synchronous one-shot path."""
+    """Embeds texts and classifies them; `classify` is the synchronous one-shot path.
 
-    def __init__(self, embedder: Embedder, classifier: HarmClassifier) -> None:
+    `exit_head` None: no early exit (every text runs all the encoder's layers)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        classifier: HarmClassifier,
+        exit_head: early_exit.ExitHead | None = None,
+    ) -> None:
         self.embedder = embedder
         self.classifier = classifier
+        self.exit_head = exit_head
 
     @classmethod
     def load(
         cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx"
     ) -> SemanticModel:
-        """Load the embedding model and the cached classifier (trained here on first use)."""
+        """Load the embedding model, the cached classifier and its exit head (trained here
+        when neither cached nor shipped)."""
         cache = Path(var_dir) / "governance"
-        embedder = Embedder(threads=threads, quantize=quantize, runtime=runtime, cache_dir=cache)
+        embedder = Embedder(
+            threads=threads, quantize=quantize, runtime=runtime, cache_dir=cache,
+            split=early_exit.EXIT_LAYER,
+        )  # fmt: skip
         classifier = HarmClassifier.load_or_train(cache, embedder)
-        return cls(embedder, classifier)
+        return cls(embedder, classifier, early_exit.load_or_fit(cache, embedder, classifier))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
+    def screen(self, texts: list[str]) -> list[Screening]:
+        """Each text's class probabilities: the exit head's where it exits after the bottom
+        layers, else the classifier's on the full encoder (the layers above run then)."""
+        head = self.exit_head
+        if head is None:
+            return [(p, "full") for p in self.classifier.probabilities(self.embed(texts))]
+        out: list[Screening] = []
+        for early, full in self.embedder.embed_staged(texts, lambda e: not head.exits(e)):
+            if full is None:
+                out.append((head.probabilities(early)[0], "early"))
+            else:
+                out.append((self.classifier.probabilities(full)[0], "full"))
+        return out
+
     def classify(self, texts: list[str], budget: float | None = None) -> list[Classification]:
         """`budget`: the dev benign false-positive budget whose threshold decides (None:
-        the default); see HarmClassifier.classify."""
-        return self.classifier.classify(self.embedder.embed(texts), budget)
+        the default); see HarmClassifier.decide."""
+        return [self.classifier.decide(p, stage, budget) for p, stage in self.screen(texts)]
+
+    def weight_files(self) -> list[str]:
+        """The files of trained weights this model reads (what harm.SHIPPED_DIR ships)."""
+        names = harm.weight_files(self.embedder)
+        if self.exit_head is not None:
+            names.append(early_exit.head_name(self.embedder))
+        return names
 
 
 _default: SemanticModel | None = None

@@ -2,10 +2,11 @@
 serve_app.governance.ship_weights` (after changing the dataset or a fine-tuning setting).
 
 Builds the classifier over the configured var/ directory (fine-tuning if its cache lacks
-this data's weights), then copies the tuned layers and the served variant's refitted head
-into `harm.SHIPPED_DIR` and removes the files of earlier data from it. Commit the result:
-`tests/governance/test_harm_classifier.py` fails while the shipped weights are not the
-current data's, and a fresh checkout would otherwise fine-tune at its first start.
+this data's weights), then copies the tuned layers, the served variant's refitted head and
+the early exit's head into `harm.SHIPPED_DIR` and removes the files of earlier data from
+it. Commit the result: `tests/governance/test_harm_classifier.py` fails while the shipped
+weights are not the current data's, and a fresh checkout would otherwise fine-tune at its
+first start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def ship(var_dir: Path, shipped_dir: Path = harm.SHIPPED_DIR) -> list[Path]:
     """Build (or reuse) the classifier under `var_dir` and ship its weights; returns the
     shipped files."""
     model = SemanticModel.load(var_dir)
-    names = harm.weight_files(model.embedder)
+    names = model.weight_files()
     cache = Path(var_dir) / "governance"
     shipped_dir.mkdir(parents=True, exist_ok=True)
     for name in names:

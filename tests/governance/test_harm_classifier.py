@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from serve_app.governance import finetune, harm, onnx_encoder, ship_weights
+from serve_app.governance import early_exit, finetune, harm, onnx_encoder, ship_weights
 from serve_app.governance.dataset import load_items
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
@@ -137,11 +137,17 @@ def test_served_encoder_is_the_tuned_one(semantic: SemanticModel) -> None:
     # Served at the depth it was tuned at (the layers above are dropped), without the pooler.
     assert f"|layers:{finetune.ENCODER_LAYERS}" in semantic.embedder.variant
     assert "|ort-int8|" in semantic.embedder.variant
+    # Served in two graphs, split for the early exit: the bottom EXIT_LAYER layers, then
+    # the rest (layer numbers restart in the second), no pooler.
     cache = get_settings().var_dir / "governance"
-    graph = onnx.load(cache / onnx_encoder.cache_name(semantic.embedder.onnx_tag)).graph
-    names = " ".join(n.name for n in graph.node)
-    layers = {int(n) for n in re.findall(r"encoder/layer\.(\d+)/", names)}
-    assert layers == set(range(finetune.ENCODER_LAYERS)) and "pooler" not in names
+    tag, split = semantic.embedder.onnx_tag, early_exit.EXIT_LAYER
+    depths = []
+    for stage in range(2):
+        graph = onnx.load(cache / onnx_encoder.cache_name(tag, split, stage, 2)).graph
+        names = " ".join(n.name for n in graph.node)
+        depths.append(len(set(re.findall(r"layers?\.(\d+)/", names))))
+        assert "pooler" not in names
+    assert depths == [split, finetune.ENCODER_LAYERS - split]
     emb = semantic.embed(["hello there"])
     assert emb.shape == (1, 384) and np.isclose(np.linalg.norm(emb), 1.0, atol=1e-4)
     assert 0.3 <= semantic.classifier.threshold < 1.0
@@ -161,7 +167,8 @@ def test_cached_weights_are_reused(semantic: SemanticModel, monkeypatch) -> None
 def test_a_fresh_cache_loads_the_shipped_weights(
     semantic: SemanticModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    names = harm.weight_files(semantic.embedder)
+    names = semantic.weight_files()
+    assert len(names) == 3  # tuned layers, refitted head, exit head
     assert sorted(p.name for p in harm.SHIPPED_DIR.iterdir()) == sorted(names), (
         "the shipped weights are not the current data's: "
         "run `python -m serve_app.governance.ship_weights` and commit them"
@@ -172,11 +179,18 @@ def test_a_fresh_cache_loads_the_shipped_weights(
 
     monkeypatch.setattr(finetune, "fine_tune", no_training)
     monkeypatch.setattr(finetune, "refit_head", no_training)
+    monkeypatch.setattr(early_exit, "fit", no_training)
     weights = harm._load_or_tune(tmp_path / names[0])
     assert weights.layers == finetune.ENCODER_LAYERS and weights.encoder
     w, b = harm._load_or_refit(tmp_path / names[1], weights, semantic.embedder)
     assert np.array_equal(w, semantic.classifier.w) and np.array_equal(b, semantic.classifier.b)
     assert not any(tmp_path.iterdir())  # read where they are shipped, not copied
+    head = early_exit.load_or_fit(tmp_path, semantic.embedder, semantic.classifier)
+    assert head is not None and semantic.exit_head is not None
+    assert np.array_equal(head.w1, semantic.exit_head.w1)
+    assert head.threshold == semantic.exit_head.threshold  # chosen on dev again, the same
+    written = [p.name for p in tmp_path.iterdir()]  # only the exit's dev threshold
+    assert len(written) == 1 and written[0].startswith(f"{Path(names[2]).stem}-threshold-")
 
 
 def test_shipping_replaces_the_weights_of_earlier_data(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_built_encoder_is_cached_and_reused(tmp_path: Path, monkeypatch) -> None
     want = first.embed(TEXTS[:1])
     (cached,) = tmp_path.glob("encoder-int8-*.onnx")
 
-    def no_export(model):  # noqa: ANN001, ANN202
+    def no_export(*_a):  # noqa: ANN002, ANN202
         raise AssertionError("exported again despite the cache")
 
     monkeypatch.setattr(onnx_encoder, "export_int8", no_export)
@@ -63,7 +63,7 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, fp32: np.ndarray) -> None:
 
 
 def test_torch_serves_when_the_export_fails(tmp_path: Path, monkeypatch, caplog) -> None:  # noqa: ANN001
-    def broken(model):  # noqa: ANN001, ANN202
+    def broken(*_a):  # noqa: ANN002, ANN202
         raise RuntimeError("exporter broke")
 
     monkeypatch.setattr(onnx_encoder, "export_int8", broken)
@@ -73,6 +73,30 @@ def test_torch_serves_when_the_export_fails(tmp_path: Path, monkeypatch, caplog)
     assert got.shape == (1, 384)
     assert "exporter broke" in caplog.text
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_split_encoder_computes_what_the_one_graph_does(tmp_path: Path) -> None:
+    one, two = Embedder(cache_dir=tmp_path), Embedder(cache_dir=tmp_path, split=2)
+    assert two.staged and not one.staged
+    assert len(list(tmp_path.glob("encoder-int8-*-split2-*of2.onnx"))) == 2
+    # Stopping at the split: no full embedding, and a unit one at the split.
+    stopped = two.embed_staged(TEXTS, lambda _e: False)
+    assert all(full is None for _, full in stopped)
+    early = np.stack([e for e, _ in stopped])
+    assert np.allclose(np.linalg.norm(early, axis=1), 1.0, atol=1e-5)
+    # The two graphs chained give the one graph's numbers exactly (the texts stopped at the
+    # split above are finished from scratch, not read as done from the cache).
+    want = one.embed(TEXTS)
+    assert np.array_equal(two.embed(TEXTS), want)
+    two.clear_cache()
+    went_on = two.embed_staged(TEXTS, lambda _e: True)
+    assert np.array_equal(np.stack([f for _, f in went_on]), want)
+    assert np.array_equal(np.stack([e for e, _ in went_on]), early)
+    assert ((early * want).sum(1) < 0.999).any()  # the split layer's reading differs
+    # Unsplit, embed_staged gives the full embeddings and never asks.
+    unsplit = one.embed_staged(TEXTS[:2], lambda _e: pytest.fail("asked although unsplit"))
+    assert all(e is None for e, _ in unsplit)
+    assert np.array_equal(np.stack([f for _, f in unsplit]), want[:2])
 
 
 def test_unknown_runtime_is_refused() -> None:
