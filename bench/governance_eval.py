@@ -112,26 +112,16 @@ def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
     # As served: a text the early exit decided is never flagged (its mass counts as 0).
     screened = model.screen([i.text for i in items])
     b = CLASSES.index(BENIGN)
-    mass = np.array([1.0 - p[b] if stage == "full" else 0.0 for p, stage in screened])
+    early = np.array([stage == "early" for _, stage in screened])
+    mass = np.array([0.0 if e else 1.0 - p[b] for (p, _), e in zip(screened, early, strict=True)])
     benign = np.array([i.label == BENIGN for i in items])
     harmful = np.array([i.label in HAZARDS for i in items])
     served = model.classifier.threshold
     points = {
+        # Shares of the split's benign and harmful items the early exit decided.
         "exited_early": {
-            "benign": round(
-                float(
-                    np.mean([s == "early" for (_, s), x in zip(screened, benign, strict=True) if x])
-                ),
-                4,
-            ),
-            "harmful": round(
-                float(
-                    np.mean(
-                        [s == "early" for (_, s), x in zip(screened, harmful, strict=True) if x]
-                    )
-                ),
-                4,
-            ),
+            "benign": round(float(early[benign].mean()), 4) if benign.any() else None,
+            "harmful": round(float(early[harmful].mean()), 4) if harmful.any() else None,
         },
         "served": {
             "threshold": served,

@@ -198,8 +198,8 @@ class Embedder:
     def variant(self) -> str:
         """What the embeddings depend on (a classifier trained on them is keyed by it).
 
-            Loads the model: whether quantization took is known only then. (The split, if any,
-        is not in it: the two graphs chained give the one graph's numbers exactly.)"""
+        Loads the model: whether quantization took is known only then. The split, if any,
+        is not in it: the two graphs chained give the one graph's numbers exactly."""
         self.load()
         kind = "ort-int8" if self._onnx is not None else "int8-pc" if self._quantized else "fp32"
         tuned = f"+tuned:{self._weights_tag}" if self._weights is not None else ""
