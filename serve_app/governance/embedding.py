@@ -359,7 +359,13 @@ class Embedder:
         with self._lock:
             for text in texts:
                 early, full = self._recall(text) or (None, None)
-                if early is not None and (full is not None or not go_on(early)):
+                # `go_on` is asked whatever the cache holds: a text that stops at the split
+                # stops there even when its full embedding is cached (by `embed`), so the
+                # result does not depend on what was asked before.
+                if early is not None and not go_on(early):
+                    out.append((early, None))
+                    continue
+                if early is not None and full is not None:
                     out.append((early, full))
                     continue
                 ids = np.array([self._token_ids(text)], dtype=np.int64)

@@ -32,6 +32,10 @@ def test_plain_text_exits_and_harm_runs_the_full_encoder(semantic: SemanticModel
     assert early.stage == "early" and early.flagged is None
     assert early.confidence < semantic.exit_head.threshold  # type: ignore[union-attr]
     assert flagged.stage == "full" and flagged.flagged == "indiscriminate_weapons"
+    # The same whatever the embedding cache holds: with both embeddings of the plain text
+    # cached (its full one by `embed`), it still exits.
+    semantic.embed([plain])
+    assert [s for _, s in semantic.screen([plain, harmful])] == ["early", "full"]
 
 
 def test_an_exited_text_is_never_flagged(semantic: SemanticModel) -> None:
