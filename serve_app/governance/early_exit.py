@@ -78,9 +78,9 @@ class ExitHead:
     def harmful_mass(self, emb: np.ndarray) -> np.ndarray:
         return 1.0 - self.probabilities(emb)[:, CLASSES.index(BENIGN)]
 
-    def exits(self, emb: np.ndarray) -> bool:
-        """Whether the text whose embedding at the split is `emb` stops there."""
-        return bool(self.harmful_mass(emb)[0] < self.threshold)
+    def exits(self, probs: np.ndarray) -> bool:
+        """Whether a text whose exit-head probabilities are `probs` stops at the split."""
+        return bool(1.0 - probs[CLASSES.index(BENIGN)] < self.threshold)
 
 
 def fit(emb: np.ndarray, labels: list[int], benign: int) -> ExitHead:

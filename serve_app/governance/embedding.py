@@ -282,9 +282,8 @@ class Embedder:
             return None
         model = self._bert("eager")  # the exporter traces plain ops
         try:
-            split = (
-                self.split if self.split is not None and self.split < self._depth(model) else None
-            )
+            depth = len(model.encoder.layer)
+            split = self.split if self.split is not None and self.split < depth else None
             encoder = onnx_encoder.OnnxEncoder.build(
                 model, self.onnx_tag, self.cache_dir or default_cache_dir(), self.threads, split
             )
@@ -299,10 +298,6 @@ class Embedder:
             log.warning("ONNX Runtime encoder unavailable (%s); embedding with torch", exc)
             return None
         return encoder
-
-    @staticmethod
-    def _depth(model) -> int:  # noqa: ANN001
-        return len(model.encoder.layer)
 
     def _hidden(self, enc):  # noqa: ANN001, ANN202
         """The torch encoder's last hidden state (the ONNX one is called in `embed`)."""
@@ -349,32 +344,39 @@ class Embedder:
         """Per text: (its unit embedding at the split, its full embedding or None).
 
         The full one is computed, from the split layer's hidden state, only where
-        `go_on(embedding at the split)` is true. Unsplit (torch, or `split` None): (None,
-        the full embedding) — `go_on` is not asked. One text at a time, as `embed`."""
+        `go_on(embedding at the split)` is true; `go_on` is asked exactly once per text, in
+        order. Unsplit (torch, or `split` None): (None, the full embedding) — `go_on` is
+        not asked. One text at a time, as `embed`."""
         self.load()
         if not self.staged:
             return [(None, row) for row in self.embed(texts)]
-        assert self._onnx is not None
         out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
         with self._lock:
             for text in texts:
                 early, full = self._recall(text) or (None, None)
-                # `go_on` is asked whatever the cache holds: a text that stops at the split
-                # stops there even when its full embedding is cached (by `embed`), so the
-                # result does not depend on what was asked before.
-                if early is not None and not go_on(early):
-                    out.append((early, None))
-                    continue
-                if early is not None and full is not None:
-                    out.append((early, full))
-                    continue
-                ids = np.array([self._token_ids(text)], dtype=np.int64)
-                hidden = self._onnx.lower(ids)
-                early = _unit_mean(hidden)
-                full = _unit_mean(self._onnx.upper(hidden)) if go_on(early) else None
-                self._remember(text, early, full)
+                hidden = None
+                if early is None:
+                    hidden = self._lower(text)
+                    early = _unit_mean(hidden)
+                # `go_on` is asked once per text, whatever the cache holds: a text that
+                # stops at the split stops there even when its full embedding is cached
+                # (by `embed`), so the result does not depend on what was asked before.
+                if not go_on(early):
+                    full = None
+                elif full is None:
+                    assert self._onnx is not None
+                    if hidden is None:
+                        hidden = self._lower(text)
+                    full = _unit_mean(self._onnx.upper(hidden))
+                if hidden is not None:  # something was computed
+                    self._remember(text, early, full)
                 out.append((early, full))
         return out
+
+    def _lower(self, text: str) -> np.ndarray:
+        """The ONNX encoder's hidden state at the split for one text."""
+        assert self._onnx is not None
+        return self._onnx.lower(np.array([self._token_ids(text)], dtype=np.int64))
 
     def _encode(self, text: str) -> dict:
         """Token ids and attention mask of one text, as tensors (see `_token_ids`)."""

@@ -57,13 +57,17 @@ class SemanticModel:
         head = self.exit_head
         if head is None:
             return [(p, "full") for p in self.classifier.probabilities(self.embed(texts))]
-        out: list[Screening] = []
-        for early, full in self.embedder.embed_staged(texts, lambda e: not head.exits(e)):
-            if full is None:
-                out.append((head.probabilities(early)[0], "early"))
-            else:
-                out.append((self.classifier.probabilities(full)[0], "full"))
-        return out
+        early_probs: list[np.ndarray] = []
+
+        def go_on(early: np.ndarray) -> bool:  # asked once per text, in order
+            early_probs.append(head.probabilities(early)[0])
+            return not head.exits(early_probs[-1])
+
+        staged = self.embedder.embed_staged(texts, go_on)
+        return [
+            (p, "early") if full is None else (self.classifier.probabilities(full)[0], "full")
+            for p, (_, full) in zip(early_probs, staged, strict=True)
+        ]
 
     def classify(self, texts: list[str], budget: float | None = None) -> list[Classification]:
         """`budget`: the dev benign false-positive budget whose threshold decides (None:
