@@ -280,7 +280,7 @@ class Embedder:
         if not onnx_encoder.available():
             log.warning("onnxruntime is not installed; embedding with torch")
             return None
-        model = self._bert("eager")  # the exporter traces plain ops
+        model = self._bert()
         try:
             depth = len(model.encoder.layer)
             split = self.split if self.split is not None and self.split < depth else None
