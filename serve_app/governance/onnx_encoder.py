@@ -131,6 +131,11 @@ class OnnxEncoder:
 def export_int8(model, split: int | None = None) -> list[bytes]:  # noqa: ANN001
     """`model` (an fp32 BertModel) as int8 ONNX graphs, serialized: one (split None) or
     two, split after `split` layers (see OnnxEncoder). `model` is only read."""
+    config = model.config
+    written_for = {"hidden_act": "gelu", "position_embedding_type": "absolute"}
+    for key, value in written_for.items():  # what _Graph writes; anything else: torch serves
+        if getattr(config, key, value) != value:
+            raise ValueError(f"the ONNX graph is written for {key}={value!r}")
     depth = len(model.encoder.layer)
     if split is not None and not 1 <= split < depth:
         raise ValueError(f"cannot split a {depth}-layer encoder after layer {split}")

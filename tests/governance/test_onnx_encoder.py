@@ -179,3 +179,10 @@ def test_written_graph_computes_what_torchs_exporter_graph_does(tmp_path: Path) 
         got = e._onnx.lower(ids)
         assert np.array_equal(got, want), (text[:40], float(np.abs(got - want).max()))
         assert np.array_equal(e._onnx.upper(got), upper.run(None, {"hidden_in": want})[0])
+
+
+def test_graph_is_not_written_for_an_encoder_it_does_not_know() -> None:
+    bert = Embedder()._bert()
+    bert.config.hidden_act = "gelu_new"  # tanh GELU: the written graph computes the erf one
+    with pytest.raises(ValueError, match="written for hidden_act='gelu'"):
+        onnx_encoder.export_int8(bert, 2)
