@@ -76,11 +76,16 @@ class ExitHead:
         return harm._softmax(h @ self.w2 + self.b2)
 
     def harmful_mass(self, emb: np.ndarray) -> np.ndarray:
-        return 1.0 - self.probabilities(emb)[:, CLASSES.index(BENIGN)]
+        return _harmful(self.probabilities(emb))
 
     def exits(self, probs: np.ndarray) -> bool:
         """Whether a text whose exit-head probabilities are `probs` stops at the split."""
-        return bool(1.0 - probs[CLASSES.index(BENIGN)] < self.threshold)
+        return bool(_harmful(probs) < self.threshold)
+
+
+def _harmful(probs: np.ndarray) -> np.ndarray:
+    """The probability mass off benign: of one row of class probabilities, or of each row."""
+    return 1.0 - probs[..., CLASSES.index(BENIGN)]
 
 
 def fit(emb: np.ndarray, labels: list[int], benign: int) -> ExitHead:
@@ -166,7 +171,7 @@ def load_or_fit(
         pass
     dev = [i for i in load_items() if i.split == "dev"]
     texts = [i.text for i in dev]
-    full_mass = 1.0 - classifier.probabilities(embedder.embed(texts))[:, CLASSES.index(BENIGN)]
+    full_mass = _harmful(classifier.probabilities(embedder.embed(texts)))
     harmful = np.array([harm._gold(i) != BENIGN for i in dev])
     flagged = harmful & (full_mass >= lowest)
     exit_mass = head.harmful_mass(_early(embedder, texts))

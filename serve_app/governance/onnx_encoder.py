@@ -149,7 +149,8 @@ def export_int8(model, split: int | None = None) -> list[bytes]:  # noqa: ANN001
 class _Graph:
     """An ONNX graph written op by op: fp32 weights taken from the torch modules."""
 
-    def __init__(self, heads: int, hidden: int) -> None:
+    def __init__(self, config) -> None:  # noqa: ANN001 - a BertConfig
+        heads, hidden = config.num_attention_heads, config.hidden_size
         self.nodes: list = []
         self.weights: list = []
         self.const("heads_shape", np.array([-1, 3, heads, hidden // heads], dtype=np.int64))
@@ -224,6 +225,12 @@ class _Graph:
         x = self.op("Add", [h, x], f"{p}/output/residual")
         return self.layer_norm(x, out.LayerNorm, f"{p}/output/LayerNorm")
 
+    def bert_layers(self, x: str, layers: list) -> str:
+        """`layers` in turn, numbered from 0 in this graph."""
+        for i, layer in enumerate(layers):
+            x = self.bert_layer(x, layer, f"layer.{i}")
+        return x
+
     def model(self, input_name: str, input_type: int, output: str) -> bytes:
         """The graph: input `input_name` (1, tokens[, hidden]) -> `hidden` (1, tokens, hidden)."""
         import onnx
@@ -249,7 +256,7 @@ def _lower_graph(bert, layers: list) -> bytes:  # noqa: ANN001
     layers."""
     from onnx import TensorProto
 
-    g = _Graph(bert.config.num_attention_heads, bert.config.hidden_size)
+    g = _Graph(bert.config)
     emb = bert.embeddings
     table = g.param("embeddings.word", emb.word_embeddings.weight)
     words = g.op("Gather", [table, "input_ids"], "embeddings/word")
@@ -268,9 +275,7 @@ def _lower_graph(bert, layers: list) -> bytes:  # noqa: ANN001
     x = g.op("Add", [x, g.op("Gather", [table, ids], "embeddings/position")],
              "embeddings/add_position")  # fmt: skip
     x = g.layer_norm(x, emb.LayerNorm, "embeddings/LayerNorm")
-    for i, layer in enumerate(layers):
-        x = g.bert_layer(x, layer, f"layer.{i}")
-    return g.model("input_ids", TensorProto.INT64, x)
+    return g.model("input_ids", TensorProto.INT64, g.bert_layers(x, layers))
 
 
 def _upper_graph(bert, layers: list) -> bytes:  # noqa: ANN001
@@ -278,11 +283,8 @@ def _upper_graph(bert, layers: list) -> bytes:  # noqa: ANN001
     (numbered from 0 in this graph)."""
     from onnx import TensorProto
 
-    g = _Graph(bert.config.num_attention_heads, bert.config.hidden_size)
-    x = "hidden_in"
-    for i, layer in enumerate(layers):
-        x = g.bert_layer(x, layer, f"layer.{i}")
-    return g.model("hidden_in", TensorProto.FLOAT, x)
+    g = _Graph(bert.config)
+    return g.model("hidden_in", TensorProto.FLOAT, g.bert_layers("hidden_in", layers))
 
 
 def _quantize(fp32_model: bytes) -> bytes:
