@@ -37,7 +37,7 @@ from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import SemanticModel  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "governance_cost.json"
-NO_EXIT = "no-exit"  # --compare: the same runtime without the early exit
+NO_EXIT = "no-exit"  # --compare: the same runtime without the lexical screen and early exit
 MAX_CHARS = 1000
 
 
@@ -76,18 +76,23 @@ def _cpu_description() -> str:
     return f"{model} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
-def _request_ms(scorer: GovernanceScorer, user: str, answer: str) -> tuple[float, float, int]:
+def _request_ms(
+    scorer: GovernanceScorer, user: str, answer: str
+) -> tuple[float, float, tuple[int, int]]:
     """Wall and CPU ms of one request's input + output evaluation, and how many of its two
-    texts the early exit decided."""
+    texts the lexical screen and the early exit decided."""
     start, cpu_start = time.perf_counter(), time.process_time()
     verdicts = (scorer.evaluate(user, "input", "standard"),
                 scorer.evaluate(answer, "output", "standard"))  # fmt: skip
     wall = (time.perf_counter() - start) * 1000.0
     cpu = (time.process_time() - cpu_start) * 1000.0
-    return wall, cpu, sum((v.classifier or {}).get("stage") == "early" for v in verdicts)
+    stages = [(v.classifier or {}).get("stage") for v in verdicts]
+    return wall, cpu, (stages.count("lexical"), stages.count("early"))
 
 
-def _summary(wall: list[float], cpu: list[float], round_medians: list[float], early: int) -> dict:
+def _summary(
+    wall: list[float], cpu: list[float], round_medians: list[float], decided: list[int]
+) -> dict:
     n = len(wall)
     wall = sorted(wall)
     return {
@@ -97,8 +102,10 @@ def _summary(wall: list[float], cpu: list[float], round_medians: list[float], ea
         # CPU time of this process per request: what the scoring costs when the shared
         # machine is busy (wall time then includes waiting for a core).
         "cpu_median_ms": round(statistics.median(cpu), 2),
-        # Texts (two per request) the early exit decided after the encoder's bottom layers.
-        "texts_exited_early": round(early / (2 * n), 4) if n else None,
+        # Texts (two per request) the lexical screen decided (the encoder did not run) and
+        # the early exit decided after the encoder's bottom layers.
+        "texts_passed_lexical": round(decided[0] / (2 * n), 4) if n else None,
+        "texts_exited_early": round(decided[1] / (2 * n), 4) if n else None,
     }
 
 
@@ -110,7 +117,8 @@ def measure(
     compare: str | None = None,
 ) -> dict:
     """The cost with `runtime`'s encoder; with `compare`, also with that runtime's (or,
-    `no-exit`, with `runtime`'s without the early exit), the two taking turns request by
+    `no-exit`, with `runtime`'s without the lexical screen and the early exit), the two
+    taking turns request by
     request (this machine's speed drifts: only interleaved figures compare)."""
     from serve_app.settings import get_settings
 
@@ -120,8 +128,8 @@ def measure(
         semantic = SemanticModel.load(
             get_settings().var_dir, quantize=quantize, runtime=runtime if name == NO_EXIT else name
         )
-        if name == NO_EXIT:
-            semantic.exit_head = None  # every text runs all the encoder's layers
+        if name == NO_EXIT:  # every text runs all the encoder's layers
+            semantic.exit_head = semantic.lexical = None
         scorers[name] = GovernanceScorer(PolicySet.load(), semantic)
     pairs = request_pairs(requests + 20)
     warm, pairs = pairs[:20], pairs[20:]
@@ -131,7 +139,7 @@ def measure(
     wall: dict[str, list[float]] = {name: [] for name in runtimes}
     cpu: dict[str, list[float]] = {name: [] for name in runtimes}
     medians: dict[str, list[float]] = {name: [] for name in runtimes}
-    early = dict.fromkeys(runtimes, 0)
+    decided = {name: [0, 0] for name in runtimes}  # texts: lexical screen, early exit
     for _ in range(repeats):
         for scorer in scorers.values():
             scorer.semantic.embedder.clear_cache()
@@ -143,7 +151,8 @@ def measure(
                 w, c, e = _request_ms(scorers[name], user, answer)
                 this_round[name].append(w)
                 cpu[name].append(c)
-                early[name] += e
+                decided[name][0] += e[0]
+                decided[name][1] += e[1]
         for name in runtimes:
             wall[name] += this_round[name]
             medians[name].append(round(statistics.median(this_round[name]), 2))
@@ -151,17 +160,17 @@ def measure(
     result = {
         "requests": len(pairs),
         "rounds": repeats,
-        **_summary(wall[runtime], cpu[runtime], medians[runtime], early[runtime]),
+        **_summary(wall[runtime], cpu[runtime], medians[runtime], decided[runtime]),
         "median_chars_in_plus_out": statistics.median(chars),
         "embedding": scorers[runtime].semantic.embedder.variant,
         "what": "input + output evaluation of one request, distinct texts, no cache hits, "
         "1 thread, in-process",
     }
     if compare:
-        other = _summary(wall[compare], cpu[compare], medians[compare], early[compare])
+        other = _summary(wall[compare], cpu[compare], medians[compare], decided[compare])
         result["compared_with"] = {
             "embedding": scorers[compare].semantic.embedder.variant
-            + ("|no early exit" if compare == NO_EXIT else ""),
+            + ("|no lexical screen, no early exit" if compare == NO_EXIT else ""),
             **other,
             # Per round, this runtime's median over the other's (requests alternate).
             "round_ratios": [
@@ -189,7 +198,8 @@ def main() -> None:
     ap.add_argument(
         "--compare",
         choices=[*RUNTIMES, NO_EXIT],
-        help="also measure this runtime (no-exit: the same one without the early exit), "
+        help="also measure this runtime (no-exit: the same one without the lexical screen "
+        "and the early exit), "
         "taking turns with it",
     )
     ap.add_argument("--out", type=Path, default=RESULT)

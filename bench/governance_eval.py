@@ -109,16 +109,23 @@ def operating_points(split: str, restrict_to: set[str] | None = None) -> dict:
     items = [i for i in load_items() if i.split == split and i.label in CLASSES]
     if restrict_to is not None:
         items = [i for i in items if i.text in restrict_to]
-    # As served: a text the early exit decided is never flagged (its mass counts as 0).
+    # As served: a text the lexical screen or the early exit decided is never flagged (its
+    # mass counts as 0).
     screened = model.screen([i.text for i in items])
     b = CLASSES.index(BENIGN)
     early = np.array([stage == "early" for _, stage in screened])
-    mass = np.array([0.0 if e else 1.0 - p[b] for (p, _), e in zip(screened, early, strict=True)])
+    lexical = np.array([stage == "lexical" for _, stage in screened])
+    mass = np.array([0.0 if stage != "full" else 1.0 - p[b] for p, stage in screened])
     benign = np.array([i.label == BENIGN for i in items])
     harmful = np.array([i.label in HAZARDS for i in items])
     served = model.classifier.threshold
     points = {
-        # Shares of the split's benign and harmful items the early exit decided.
+        # Shares of the split's benign and harmful items the lexical screen passed (the
+        # encoder did not run) and the early exit decided.
+        "passed_lexical": {
+            "benign": round(float(lexical[benign].mean()), 4) if benign.any() else None,
+            "harmful": round(float(lexical[harmful].mean()), 4) if harmful.any() else None,
+        },
         "exited_early": {
             "benign": round(float(early[benign].mean()), 4) if benign.any() else None,
             "harmful": round(float(early[harmful].mean()), 4) if harmful.any() else None,

@@ -35,8 +35,8 @@ class GovernanceScorerDeployment:
     # form the next one, and a lone request (concurrency 1) is not held back 2 ms twice.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _screen(self, texts: list[str]) -> list[Screening]:
-        """Class probabilities of concurrent requests' texts (the early exit's or the full
-        classifier's), computed as one batch off the event loop."""
+        """Class probabilities of concurrent requests' texts (the lexical screen's, the early
+        exit's or the full classifier's), computed as one batch off the event loop."""
         return await asyncio.to_thread(self.semantic.screen, texts)
 
     def _scorer(self, policies: PolicySet) -> GovernanceScorer:

@@ -1,6 +1,6 @@
-"""bench/governance_eval.py's operating points: the served classifier's trade (the early
-exit in front) between flagging harmful items and flagging benign ones, computed from the
-real model on dev items."""
+"""bench/governance_eval.py's operating points: the served classifier's trade (the lexical
+screen and the early exit in front) between flagging harmful items and flagging benign
+ones, computed from the real model on dev items."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ def test_operating_points_trade_recall_for_false_positives() -> None:
     points = governance_eval.operating_points("dev", some)
     served = points.pop("served")
     assert 0.3 <= served["threshold"] < 1.0
-    # The served cascade: the early exit decides most benign items and (almost) no harm.
-    exited = points.pop("exited_early")
-    assert 0.0 <= exited["harmful"] < 0.05 and 0.5 <= exited["benign"] <= 1.0, exited
+    # The served cascade: the lexical screen and the early exit decide most benign items
+    # and (almost) no harm.
+    passed, exited = points.pop("passed_lexical"), points.pop("exited_early")
+    assert 0.0 <= passed["harmful"] < 0.05 and 0.0 <= exited["harmful"] < 0.05, (passed, exited)
+    assert 0.5 <= passed["benign"] + exited["benign"] <= 1.0, (passed, exited)
     rates = sorted(points, key=lambda k: float(k.rsplit("_", 1)[1]))
     assert [float(k.rsplit("_", 1)[1]) for k in rates] == [0.01, 0.02, 0.03, 0.05, 0.1]
     for key in rates:  # never over the false-positive rate asked for

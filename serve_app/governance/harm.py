@@ -61,8 +61,10 @@ THRESHOLDS = np.unique(
 class Classification:
     """Class probabilities of one text and the class it is flagged as (None: not flagged).
 
-    `stage`: "full" (the classifier on the full encoder) or "early" (the early exit's head
-    read it as benign after the bottom layers: serve_app/governance/early_exit.py)."""
+    `stage`: "full" (the classifier on the full encoder), "early" (the early exit's head
+    read it as benign after the bottom layers: serve_app/governance/early_exit.py) or
+    "lexical" (the lexical screen read its words as benign before the encoder ran:
+    serve_app/governance/lexical_screen.py; `probs` then holds the benign class only)."""
 
     probs: dict[str, float]
     flagged: str | None
@@ -113,14 +115,18 @@ class HarmClassifier:
         """The verdict on one text's class probabilities `p`: from this classifier (stage
         "full"), flagged when the harmful mass (1 - p(benign)) reaches the threshold for
         `budget`, as the most probable harmful class; from the early exit's head (stage
-        "early"), never flagged (it exits only texts it reads as benign)."""
+        "early") or the lexical screen ("lexical"), never flagged (they pass only texts they
+        read as benign)."""
         threshold = self.threshold_for(budget)
         harm = np.array(p, dtype=np.float64)
         harm[self._benign] = -1.0
         top = int(harm.argmax())
         mass = 1.0 - float(p[self._benign])
+        probs = dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True))
+        if stage == "lexical":  # the lexical screen gives the benign probability only
+            probs = {BENIGN: probs[BENIGN]}
         return Classification(
-            probs=dict(zip(CLASSES, np.round(p, 4).tolist(), strict=True)),
+            probs=probs,
             flagged=CLASSES[top] if stage == "full" and mass >= threshold else None,
             confidence=round(mass, 4),
             stage=stage,

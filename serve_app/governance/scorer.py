@@ -59,7 +59,8 @@ class Verdict:
     policies_evaluated: int = 0
     principles_evaluated: int = 0
     # The harmful-content classifier's view: {"flagged", "confidence", "probs", "stage"}
-    # (None: not run); stage "early": the early exit's head decided (see Classification).
+    # (None: not run); stage "early": the early exit's head decided, "lexical": the lexical
+    # screen did, before the encoder (see Classification).
     classifier: dict | None = None
     policy_version: str | None = None
 

@@ -1,5 +1,6 @@
 """The meaning-based half of governance: MiniLM embeddings + the hazard classifier, with the
-early exit (serve_app/governance/early_exit.py) in front of the encoder's upper layers."""
+lexical screen (serve_app/governance/lexical_screen.py) in front of the encoder and the early
+exit (serve_app/governance/early_exit.py) in front of its upper layers."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.governance import early_exit, harm
+from serve_app.governance import early_exit, harm, lexical_screen
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.harm import Classification, HarmClassifier
+from serve_app.governance.hazards import BENIGN, CLASSES
 
-# One text's screening: its class probabilities and the stage that gave them ("early": the
+# One text's screening: its class probabilities and the stage that gave them ("lexical": the
+# lexical screen, before the encoder — only the benign probability is its own; "early": the
 # exit head after early_exit.EXIT_LAYER layers; "full": the classifier on the full encoder).
 Screening = tuple[np.ndarray, str]
 
@@ -22,38 +25,62 @@ log = logging.getLogger("promethios.governance.semantic")
 class SemanticModel:
     """Embeds texts and classifies them; `classify` is the synchronous one-shot path.
 
-    `exit_head` None: no early exit (every text runs all the encoder's layers)."""
+    `lexical` None: no lexical screen (every text goes to the encoder); `exit_head` None: no
+    early exit (every text the encoder reads runs all its layers)."""
 
     def __init__(
         self,
         embedder: Embedder,
         classifier: HarmClassifier,
         exit_head: early_exit.ExitHead | None = None,
+        lexical: lexical_screen.LexicalScreen | None = None,
     ) -> None:
         self.embedder = embedder
         self.classifier = classifier
         self.exit_head = exit_head
+        self.lexical = lexical
 
     @classmethod
     def load(
         cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx"
     ) -> SemanticModel:
-        """Load the embedding model, the cached classifier and its exit head (trained here
-        when neither cached nor shipped)."""
+        """Load the embedding model, the cached classifier, its exit head and the lexical
+        screen (trained here when neither cached nor shipped)."""
         cache = Path(var_dir) / "governance"
         embedder = Embedder(
             threads=threads, quantize=quantize, runtime=runtime, cache_dir=cache,
             split=early_exit.EXIT_LAYER,
         )  # fmt: skip
         classifier = HarmClassifier.load_or_train(cache, embedder)
-        return cls(embedder, classifier, early_exit.load_or_fit(cache, embedder, classifier))
+        return cls(
+            embedder, classifier, early_exit.load_or_fit(cache, embedder, classifier),
+            lexical_screen.load_or_fit(cache, embedder, classifier),
+        )  # fmt: skip
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
     def screen(self, texts: list[str]) -> list[Screening]:
-        """Each text's class probabilities: the exit head's where it exits after the bottom
-        layers, else the classifier's on the full encoder (the layers above run then)."""
+        """Each text's class probabilities: the lexical screen's where its words read as
+        plainly benign (the encoder does not run), else the exit head's where it exits after
+        the bottom layers, else the classifier's on the full encoder."""
+        out: list[Screening | None] = [None] * len(texts)
+        if self.lexical is not None:
+            for i, text in enumerate(texts):
+                harmful = self.lexical.harmful_probability(text)
+                if self.lexical.passes(harmful):
+                    probs = np.zeros(len(CLASSES))
+                    probs[CLASSES.index(BENIGN)] = 1.0 - harmful
+                    out[i] = (probs, "lexical")
+        rest = [i for i, s in enumerate(out) if s is None]
+        for i, screened in zip(rest, self._encoded([texts[i] for i in rest]), strict=True):
+            out[i] = screened
+        return out  # type: ignore[return-value]
+
+    def _encoded(self, texts: list[str]) -> list[Screening]:
+        """`screen` for texts the encoder reads: the early exit, then the full classifier."""
+        if not texts:
+            return []
         head = self.exit_head
         if head is None:
             return [(p, "full") for p in self.classifier.probabilities(self.embed(texts))]
@@ -79,6 +106,8 @@ class SemanticModel:
         names = harm.weight_files(self.embedder)
         if self.exit_head is not None:
             names.append(early_exit.head_name(self.embedder))
+        if self.lexical is not None:
+            names.append(lexical_screen.screen_name())
         return names
 
 

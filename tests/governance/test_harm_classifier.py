@@ -11,7 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
-from serve_app.governance import early_exit, finetune, harm, onnx_encoder, ship_weights
+from serve_app.governance import (
+    early_exit,
+    finetune,
+    harm,
+    lexical_screen,
+    onnx_encoder,
+    ship_weights,
+)
 from serve_app.governance.dataset import load_items
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.hazards import BENIGN, CLASSES
@@ -168,7 +175,7 @@ def test_a_fresh_cache_loads_the_shipped_weights(
     semantic: SemanticModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     names = semantic.weight_files()
-    assert len(names) == 3  # tuned layers, refitted head, exit head
+    assert len(names) == 4  # tuned layers, refitted head, exit head, lexical screen
     assert sorted(p.name for p in harm.SHIPPED_DIR.iterdir()) == sorted(names), (
         "the shipped weights are not the current data's: "
         "run `python -m serve_app.governance.ship_weights` and commit them"
@@ -180,6 +187,7 @@ def test_a_fresh_cache_loads_the_shipped_weights(
     monkeypatch.setattr(finetune, "fine_tune", no_training)
     monkeypatch.setattr(finetune, "refit_head", no_training)
     monkeypatch.setattr(early_exit, "fit", no_training)
+    monkeypatch.setattr(lexical_screen, "fit", no_training)
     weights = harm._load_or_tune(tmp_path / names[0])
     assert weights.layers == finetune.ENCODER_LAYERS and weights.encoder
     w, b = harm._load_or_refit(tmp_path / names[1], weights, semantic.embedder)
@@ -191,6 +199,12 @@ def test_a_fresh_cache_loads_the_shipped_weights(
     assert head.threshold == semantic.exit_head.threshold  # chosen on dev again, the same
     written = [p.name for p in tmp_path.iterdir()]  # only the exit's dev threshold
     assert len(written) == 1 and written[0].startswith(f"{Path(names[2]).stem}-threshold-")
+    screen = lexical_screen.load_or_fit(tmp_path, semantic.embedder, semantic.classifier)
+    assert semantic.lexical is not None
+    assert np.array_equal(screen.weights, semantic.lexical.weights)
+    assert screen.threshold == semantic.lexical.threshold  # chosen on dev again, the same
+    written = sorted(p.name for p in tmp_path.iterdir())  # and the screen's dev threshold
+    assert len(written) == 2 and written[1].startswith(f"{Path(names[3]).stem}-threshold-")
 
 
 def test_shipping_replaces_the_weights_of_earlier_data(tmp_path: Path) -> None:

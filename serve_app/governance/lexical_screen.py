@@ -1,0 +1,227 @@
+"""The lexical screen: texts whose words already read as plainly benign skip the encoder.
+
+Why: the encoder is nearly all of a request's scoring time; the early exit (early_exit.py)
+already stops most benign texts after its bottom layers, but those layers still cost ~1 ms
+plus ~60 µs per token on this 2-core machine. Before them, a logistic regression over the
+text's hashed words and word pairs (TF-IDF) — ~0.05 ms a text — decides the texts it reads
+as plainly benign; the rest go to the encoder as before.
+
+The screen can only un-flag, as the early exit: a text it passes is not flagged by the
+classifier (the rule detectors — PII, secrets, the injection patterns — still run on every
+text), so the benign false-positive rate never rises; what it may cost is recall. Its
+threshold is chosen on dev as the early exit's is: the highest under which at most
+MAX_LOST (none) of the dev harmful items (hazards and injection) that the full classifier
+flags at its lowest threshold would pass. It is trained on the classifier's training set (the train
+split and the corpus's benign texts, harmful = any class but benign) with balanced class
+weights; its weights ship with the others (harm.SHIPPED_DIR) and are cached under
+var/governance/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serve_app.governance import early_exit, finetune, harm
+from serve_app.governance.dataset import load_items
+from serve_app.governance.hazards import BENIGN
+
+log = logging.getLogger("promethios.governance.lexical")
+
+FORMAT = 1  # bump when the features or the file change meaning
+BUCKETS = 1 << 18  # hashed feature space (words and word pairs; collisions are shared)
+# Words of two or more word characters, lower-cased (scikit-learn's default pattern).
+_WORD = re.compile(r"\b\w\w+\b")
+C = 10.0  # inverse L2 strength (scikit-learn's convention: C times the summed loss)
+MAX_ITER = 300
+# Dev harmful items (of ~1,140 the full classifier flags at its lowest threshold) that may
+# pass the screen: none. Measured on dataset 2026.12-6's dev: 0 / 1 / 2 let 34 / 49 / 62 %
+# of the dev benign items pass (54 / 60 / 64 % of the cost bench's texts), but the items
+# the first two would lose are two phrasings of hiding self-harm from a therapist, which
+# its words read as benign: a lexical screen should not be where that is decided.
+MAX_LOST = 0
+PARAMS = (FORMAT, BUCKETS, _WORD.pattern, C, MAX_ITER, finetune.THREADS)
+
+
+def features(text: str) -> Counter:
+    """Hashed bucket -> count of the text's lower-cased words and adjacent word pairs."""
+    words = _WORD.findall(text.lower())
+    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return Counter(zlib.crc32(g.encode()) % BUCKETS for g in grams)
+
+
+@dataclass
+class LexicalScreen:
+    """The regression's weights, the buckets' IDF and the dev-chosen threshold."""
+
+    weights: np.ndarray  # (BUCKETS,) float32
+    bias: float
+    idf: np.ndarray  # (BUCKETS,) float32
+    threshold: float = 0.0
+
+    def harmful_probability(self, text: str) -> float:
+        """The probability that `text` is harmful (any class but benign), by its words."""
+        counts = features(text)
+        if not counts:
+            return _sigmoid(self.bias)
+        buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        x = tf * self.idf[buckets]
+        norm = float(np.sqrt(x @ x))
+        z = float(x @ self.weights[buckets]) / norm if norm > 0 else 0.0
+        return _sigmoid(z + self.bias)
+
+    def passes(self, probability: float) -> bool:
+        """Whether a text of this harmful probability is decided benign here."""
+        return probability < self.threshold
+
+
+def _sigmoid(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def _matrix(texts: list[str], idf: np.ndarray | None = None):  # noqa: ANN202 - torch types
+    """The texts' sublinear-TF (times `idf` when given) rows, L2-normalised, as a sparse
+    CSR tensor; and the document frequency of each bucket."""
+    import warnings
+
+    import torch
+
+    crow, cols, vals = [0], [], []
+    df = np.zeros(BUCKETS, dtype=np.int64)
+    for text in texts:
+        counts = features(text)
+        buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        df[buckets] += 1
+        cols.append(buckets)
+        vals.append(tf)
+        crow.append(crow[-1] + len(buckets))
+    if idf is None:  # smoothed: ln((1 + n) / (1 + df)) + 1
+        idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
+    rows = []
+    for b, tf in zip(cols, vals, strict=True):
+        x = tf * idf[b]
+        n = float(np.sqrt(x @ x))
+        rows.append(x / n if n > 0 else x)
+    with warnings.catch_warnings():  # torch calls its sparse CSR support a beta
+        warnings.simplefilter("ignore")
+        matrix = torch.sparse_csr_tensor(
+            torch.tensor(crow), torch.from_numpy(np.concatenate(cols or [np.zeros(0, np.int64)])),
+            torch.from_numpy(np.concatenate(rows or [np.zeros(0)]).astype(np.float32)),
+            size=(len(texts), BUCKETS),
+        )  # fmt: skip
+    return matrix, idf
+
+
+def fit(texts: list[str], harmful: list[bool]) -> LexicalScreen:
+    """Logistic regression (L2, balanced class weights, full-batch L-BFGS) on the texts'
+    TF-IDF rows; deterministic for the same inputs and thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(finetune.THREADS)
+    try:
+        x, idf = _matrix(texts)
+        y = torch.tensor(harmful, dtype=torch.float32)
+        n, pos = len(harmful), float(sum(harmful))
+        if pos in (0.0, n):
+            raise ValueError("the lexical screen needs harmful and benign texts")
+        # Balanced: each class weighs half the total, as scikit-learn's "balanced".
+        sample_w = torch.where(y > 0, n / (2 * pos), n / (2 * (n - pos)))
+        w = torch.zeros(BUCKETS, 1, requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS(
+            [w, b], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-6, tolerance_change=1e-9,
+            history_size=20, line_search_fn="strong_wolfe",
+        )  # fmt: skip
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            z = (x @ w).squeeze(1) + b
+            loss = (sample_w * torch.nn.functional.binary_cross_entropy_with_logits(
+                z, y, reduction="none")).sum() + 0.5 * (w**2).sum() / C  # fmt: skip
+            loss = loss / n
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            z = (x @ w).squeeze(1) + b
+            hit = float(((z > 0) == (y > 0)).float().mean())
+        log.info("lexical screen fitted: training accuracy %.4f", hit)
+        return LexicalScreen(w.detach().numpy()[:, 0].copy(), float(b.detach()), idf)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def screen_key() -> str:
+    """Changes with the training data (harm.cache_key) and PARAMS."""
+    return hashlib.sha256(f"{harm.cache_key()}|{PARAMS}".encode()).hexdigest()[:12]
+
+
+def screen_name() -> str:
+    """The screen's weights file (cached and shipped under this name)."""
+    return f"harm-v{harm.FORMAT}-lexical-{screen_key()}.npz"
+
+
+def load_or_fit(cache_dir: Path, embedder, classifier: harm.HarmClassifier) -> LexicalScreen:  # noqa: ANN001
+    """The screen (cached, shipped or fitted here) with its dev threshold (cached)."""
+    path = cache_dir / screen_name()
+    screen = _load(harm.cached_or_shipped(path))
+    if screen is None:
+        texts, labels = harm.training_set()
+        started = time.monotonic()
+        screen = fit(texts, [label != BENIGN for label in labels])
+        took = time.monotonic() - started
+        log.info("lexical screen fitted on %d texts in %.0f s", len(texts), took)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, weights=screen.weights, bias=np.array(screen.bias), idf=screen.idf)
+        harm._write_atomic(path, buf.getvalue())
+    lowest = min([classifier.threshold, *classifier.by_budget.values()])
+    tkey = hashlib.sha256(
+        f"{path.name}|{harm.threshold_key(embedder)}|{lowest}|{MAX_LOST}|{early_exit.MARGIN}".encode()
+    ).hexdigest()[:12]
+    tpath = cache_dir / f"{path.stem}-threshold-{tkey}.json"
+    try:
+        screen.threshold = float(json.loads(tpath.read_text())["threshold"])
+        return screen
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    dev = [i for i in load_items() if i.split == "dev"]
+    full_mass = (
+        1.0 - classifier.probabilities(embedder.embed([i.text for i in dev]))[:, classifier._benign]
+    )
+    harmful = np.array([harm._gold(i) != BENIGN for i in dev])
+    flagged = harmful & (full_mass >= lowest)
+    probability = np.array([screen.harmful_probability(i.text) for i in dev])
+    screen.threshold = early_exit.choose_threshold(probability, flagged, MAX_LOST)
+    passed = float((probability[~harmful] < screen.threshold).mean()) if (~harmful).any() else 0
+    chosen = {"threshold": screen.threshold, "dev_flagged_harmful": int(flagged.sum()),
+              "dev_benign_pass_rate": round(passed, 4)}  # fmt: skip
+    log.info("lexical screen: dev threshold %s", chosen)
+    harm._write_atomic(tpath, json.dumps(chosen).encode())
+    return screen
+
+
+def _load(path: Path) -> LexicalScreen | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return LexicalScreen(
+                z["weights"].astype(np.float32), float(z["bias"]), z["idf"].astype(np.float32)
+            )
+    except (OSError, ValueError, KeyError):
+        log.warning("lexical screen %s unreadable; fitting it again", path)
+        return None
