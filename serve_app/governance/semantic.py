@@ -13,6 +13,7 @@ from serve_app.governance import early_exit, harm, lexical_screen
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.harm import Classification, HarmClassifier
 from serve_app.governance.hazards import BENIGN, CLASSES
+from serve_app.governance.text_windows import WINDOW_CHARS, windows
 
 # One text's screening: its class probabilities and the stage that gave them ("lexical": the
 # lexical screen, before the encoder — only the benign probability is its own; "early": the
@@ -26,7 +27,8 @@ class SemanticModel:
     """Embeds texts and classifies them; `classify` is the synchronous one-shot path.
 
     `lexical` None: no lexical screen (every text goes to the encoder); `exit_head` None: no
-    early exit (every text the encoder reads runs all its layers)."""
+    early exit (every text the encoder reads runs all its layers). Texts are screened in
+    windows of at most `window_chars` characters (serve_app/governance/text_windows.py)."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class SemanticModel:
         self.classifier = classifier
         self.exit_head = exit_head
         self.lexical = lexical
+        self.window_chars: int | None = WINDOW_CHARS  # None: every text read whole
 
     @classmethod
     def load(
@@ -61,9 +64,24 @@ class SemanticModel:
         return self.embedder.embed(texts)
 
     def screen(self, texts: list[str]) -> list[Screening]:
-        """Each text's class probabilities: the lexical screen's where its words read as
-        plainly benign (the encoder does not run), else the exit head's where it exits after
-        the bottom layers, else the classifier's on the full encoder."""
+        """Each text's class probabilities, read in windows (text_windows.py; a text of at
+        most `window_chars` characters is one): its most harmful window's — of the windows
+        the full classifier read, the one of the highest harmful mass, else (every window
+        decided benign before it) the highest of the others'."""
+        if self.window_chars is None:
+            return self._screen_windows(texts)
+        groups = [windows(text, self.window_chars) for text in texts]
+        screened = iter(self._screen_windows([w for group in groups for w in group]))
+        benign = CLASSES.index(BENIGN)
+        return [
+            max((next(screened) for _ in group), key=lambda s: (s[1] == "full", 1.0 - s[0][benign]))
+            for group in groups
+        ]
+
+    def _screen_windows(self, texts: list[str]) -> list[Screening]:
+        """Each text's class probabilities, read whole: the lexical screen's where its words
+        read as plainly benign (the encoder does not run), else the exit head's where it
+        exits after the bottom layers, else the classifier's on the full encoder."""
         out: list[Screening | None] = [None] * len(texts)
         if self.lexical is not None:
             for i, text in enumerate(texts):
