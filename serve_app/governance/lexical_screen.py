@@ -3,7 +3,7 @@
 Why: the encoder is nearly all of a request's scoring time; the early exit (early_exit.py)
 already stops most benign texts after its bottom layers, but those layers still cost ~1 ms
 plus ~60 µs per token on this 2-core machine. Before them, a logistic regression over the
-text's hashed words and word pairs (TF-IDF) — ~0.05 ms a text — decides the texts it reads
+text's hashed words and word pairs (TF-IDF) — ~0.07 ms a text — decides the texts it reads
 as plainly benign; the rest go to the encoder as before.
 
 The screen can only un-flag, as the early exit: a text it passes is not flagged by the
@@ -71,15 +71,9 @@ class LexicalScreen:
 
     def harmful_probability(self, text: str) -> float:
         """The probability that `text` is harmful (any class but benign), by its words."""
-        counts = features(text)
-        if not counts:
-            return _sigmoid(self.bias)
-        buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
-        x = tf * self.idf[buckets]
-        norm = float(np.sqrt(x @ x))
-        z = float(x @ self.weights[buckets]) / norm if norm > 0 else 0.0
-        return _sigmoid(z + self.bias)
+        buckets, tf = _term_frequencies(text)
+        x = _unit(tf * self.idf[buckets])
+        return _sigmoid(float(x @ self.weights[buckets]) + self.bias)
 
     def passes(self, probability: float) -> bool:
         """Whether a text of this harmful probability is decided benign here."""
@@ -90,9 +84,23 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def _matrix(texts: list[str], idf: np.ndarray | None = None):  # noqa: ANN202 - torch types
-    """The texts' sublinear-TF (times `idf` when given) rows, L2-normalised, as a sparse
-    CSR tensor; and the document frequency of each bucket."""
+def _term_frequencies(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """The text's buckets and their sublinear term frequencies (1 + ln count)."""
+    counts = features(text)
+    buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+    return buckets, tf
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """`x` scaled to length 1 (a text with no words stays all zero)."""
+    norm = float(np.sqrt(x @ x))
+    return x / norm if norm > 0 else x
+
+
+def _matrix(texts: list[str]):  # noqa: ANN202 - torch types
+    """The texts' TF-IDF rows (sublinear TF, smoothed IDF, L2-normalised) as a sparse CSR
+    tensor, and the IDF of each bucket, learnt from these texts."""
     import warnings
 
     import torch
@@ -100,20 +108,13 @@ def _matrix(texts: list[str], idf: np.ndarray | None = None):  # noqa: ANN202 - 
     crow, cols, vals = [0], [], []
     df = np.zeros(BUCKETS, dtype=np.int64)
     for text in texts:
-        counts = features(text)
-        buckets = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        buckets, tf = _term_frequencies(text)
         df[buckets] += 1
         cols.append(buckets)
         vals.append(tf)
         crow.append(crow[-1] + len(buckets))
-    if idf is None:  # smoothed: ln((1 + n) / (1 + df)) + 1
-        idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
-    rows = []
-    for b, tf in zip(cols, vals, strict=True):
-        x = tf * idf[b]
-        n = float(np.sqrt(x @ x))
-        rows.append(x / n if n > 0 else x)
+    idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)  # ln((1+n)/(1+df))+1
+    rows = [_unit(tf * idf[b]) for b, tf in zip(cols, vals, strict=True)]
     with warnings.catch_warnings():  # torch calls its sparse CSR support a beta
         warnings.simplefilter("ignore")
         matrix = torch.sparse_csr_tensor(
