@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,14 +160,33 @@ def load_or_fit(
         buf = io.BytesIO()
         np.savez(buf, w1=head.w1, b1=head.b1, w2=head.w2, b2=head.b2)
         harm._write_atomic(path, buf.getvalue())
+    head.threshold = dev_threshold(
+        cache_dir, path, embedder, classifier, MAX_LOST,
+        lambda texts: head.harmful_mass(_early(embedder, texts)), "exit",
+    )  # fmt: skip
+    return head
+
+
+def dev_threshold(
+    cache_dir: Path,
+    weights: Path,
+    embedder: Embedder,
+    classifier: harm.HarmClassifier,
+    max_lost: int,
+    mass: Callable[[list[str]], np.ndarray],
+    verb: str,
+) -> float:
+    """The threshold of a stage in front of the full classifier (texts whose `mass` is
+    under it are decided benign there), chosen on dev by `choose_threshold` against the
+    dev harmful items the full classifier flags at its lowest threshold, and cached beside
+    the stage's `weights` (logged and saved with the share of dev benign items that `verb`)."""
     lowest = min([classifier.threshold, *classifier.by_budget.values()])
     tkey = hashlib.sha256(
-        f"{path.name}|{harm.threshold_key(embedder)}|{lowest}|{MAX_LOST}|{MARGIN}".encode()
+        f"{weights.name}|{harm.threshold_key(embedder)}|{lowest}|{max_lost}|{MARGIN}".encode()
     ).hexdigest()[:12]
-    tpath = cache_dir / f"{path.stem}-threshold-{tkey}.json"
+    tpath = cache_dir / f"{weights.stem}-threshold-{tkey}.json"
     try:
-        head.threshold = float(json.loads(tpath.read_text())["threshold"])
-        return head
+        return float(json.loads(tpath.read_text())["threshold"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     dev = [i for i in load_items() if i.split == "dev"]
@@ -174,14 +194,14 @@ def load_or_fit(
     full_mass = _harmful(classifier.probabilities(embedder.embed(texts)))
     harmful = np.array([harm._gold(i) != BENIGN for i in dev])
     flagged = harmful & (full_mass >= lowest)
-    exit_mass = head.harmful_mass(_early(embedder, texts))
-    head.threshold = choose_threshold(exit_mass, flagged, MAX_LOST)
-    benign_exit = float((exit_mass[~harmful] < head.threshold).mean()) if (~harmful).any() else 0
-    chosen = {"threshold": head.threshold, "dev_flagged_harmful": int(flagged.sum()),
-              "dev_benign_exit_rate": round(benign_exit, 4)}  # fmt: skip
-    log.info("exit head: dev threshold %s", chosen)
+    stage_mass = mass(texts)
+    threshold = choose_threshold(stage_mass, flagged, max_lost)
+    benign = float((stage_mass[~harmful] < threshold).mean()) if (~harmful).any() else 0
+    chosen = {"threshold": threshold, "dev_flagged_harmful": int(flagged.sum()),
+              f"dev_benign_{verb}_rate": round(benign, 4)}  # fmt: skip
+    log.info("%s: dev threshold %s", weights.stem, chosen)
     harm._write_atomic(tpath, json.dumps(chosen).encode())
-    return head
+    return threshold
 
 
 def _early(embedder: Embedder, texts: list[str]) -> np.ndarray:

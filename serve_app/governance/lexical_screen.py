@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 import time
@@ -33,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from serve_app.governance import early_exit, finetune, harm
-from serve_app.governance.dataset import load_items
 from serve_app.governance.hazards import BENIGN
 
 log = logging.getLogger("promethios.governance.lexical")
@@ -189,29 +187,10 @@ def load_or_fit(cache_dir: Path, embedder, classifier: harm.HarmClassifier) -> L
         buf = io.BytesIO()
         np.savez_compressed(buf, weights=screen.weights, bias=np.array(screen.bias), idf=screen.idf)
         harm._write_atomic(path, buf.getvalue())
-    lowest = min([classifier.threshold, *classifier.by_budget.values()])
-    tkey = hashlib.sha256(
-        f"{path.name}|{harm.threshold_key(embedder)}|{lowest}|{MAX_LOST}|{early_exit.MARGIN}".encode()
-    ).hexdigest()[:12]
-    tpath = cache_dir / f"{path.stem}-threshold-{tkey}.json"
-    try:
-        screen.threshold = float(json.loads(tpath.read_text())["threshold"])
-        return screen
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    dev = [i for i in load_items() if i.split == "dev"]
-    full_mass = (
-        1.0 - classifier.probabilities(embedder.embed([i.text for i in dev]))[:, classifier._benign]
-    )
-    harmful = np.array([harm._gold(i) != BENIGN for i in dev])
-    flagged = harmful & (full_mass >= lowest)
-    probability = np.array([screen.harmful_probability(i.text) for i in dev])
-    screen.threshold = early_exit.choose_threshold(probability, flagged, MAX_LOST)
-    passed = float((probability[~harmful] < screen.threshold).mean()) if (~harmful).any() else 0
-    chosen = {"threshold": screen.threshold, "dev_flagged_harmful": int(flagged.sum()),
-              "dev_benign_pass_rate": round(passed, 4)}  # fmt: skip
-    log.info("lexical screen: dev threshold %s", chosen)
-    harm._write_atomic(tpath, json.dumps(chosen).encode())
+    screen.threshold = early_exit.dev_threshold(
+        cache_dir, path, embedder, classifier, MAX_LOST,
+        lambda texts: np.array([screen.harmful_probability(t) for t in texts]), "pass",
+    )  # fmt: skip
     return screen
 
 
