@@ -29,10 +29,11 @@ model: install
 	$(PY) -m serve_app.model.build
 	$(PY) -m serve_app.governance.semantic
 
-# After a change to the governance dataset or a fine-tuning setting: fine-tune, then ship
-# the weights with the code (serve_app/governance/data/weights/; commit them).
+# After a change to the governance data or a training setting: build the governance
+# artifacts (training/) into serve_app/governance/data/artifacts/ with their manifest;
+# commit them. Serving only loads them.
 governance-weights: install
-	$(PY) -m serve_app.governance.ship_weights
+	$(PY) -m training.build
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve_app.governance.dataset import load_items  # noqa: E402
 from serve_app.governance.embedding import RUNTIMES  # noqa: E402
 from serve_app.governance.policy import PolicySet  # noqa: E402
 from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import SemanticModel  # noqa: E402
+from training.labeled import load_items  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "governance_cost.json"
 NO_EXIT = "no-exit"  # --compare: the same runtime without the lexical screen and early exit

@@ -1,4 +1,4 @@
-"""Governance quality and cost over the shipped labeled set (see serve_app/governance/dataset.py).
+"""Governance quality and cost over the shipped labeled set (see training/labeled.py).
 
     .venv/bin/python bench/governance_eval.py [--split test] [--out result.json]
 
@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve_app.governance.dataset import LABELS, load_items  # noqa: E402
 from serve_app.governance.hazards import HAZARDS  # noqa: E402
 from serve_app.governance.policy import PolicySet  # noqa: E402
 from serve_app.governance.scorer import GovernanceScorer  # noqa: E402
 from serve_app.governance.semantic import default_semantic  # noqa: E402
+from training.labeled import LABELS, load_items  # noqa: E402
 
 
 def evaluate(split: str, restrict_to: set[str] | None = None) -> dict:

@@ -36,11 +36,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve_app.governance.dataset import load_items  # noqa: E402
 from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.observability.history import percentile  # noqa: E402
 from serve_app.vllm_server import start_vllm_server  # noqa: E402
+from training.labeled import load_items  # noqa: E402
 
 KEY_ENV = "UPSTREAM_BENCH_API_KEY"
 SYSTEM = "You are a helpful customer support agent."

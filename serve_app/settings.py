@@ -28,6 +28,11 @@ class Settings(BaseSettings):
 
     # Ours.
     var_dir: Path = Field(default=REPO_ROOT / "var", validation_alias="PROMETHIOS_VAR_DIR")
+    # The governance classifier's trained files and manifest (built by training/); None:
+    # the ones shipped in the package (serve_app/governance/data/artifacts/).
+    governance_artifacts: Path | None = Field(
+        default=None, validation_alias="PROMETHIOS_GOVERNANCE_ARTIFACTS"
+    )
     model_name: str = Field(
         default="promethios-lambda-7b", validation_alias="PROMETHIOS_MODEL_NAME"
     )

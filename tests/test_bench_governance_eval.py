@@ -5,7 +5,7 @@ ones, computed from the real model on dev items."""
 from __future__ import annotations
 
 from bench import governance_eval
-from serve_app.governance.dataset import load_items
+from training.labeled import load_items
 
 
 def test_operating_points_trade_recall_for_false_positives() -> None:

@@ -16,7 +16,7 @@ TorchScript and frozen (checked against the eager model at load), each layer's
 query/key/value projections run as one int8 matmul.
 Either way the classifier's threshold is chosen on the served embeddings (`variant`
 names the runtime), the fine-tuned encoder is served at the depth it was tuned at
-(serve_app/governance/finetune.py: ENCODER_LAYERS of 6) without the unused pooler, texts
+(the artifact manifest's `encoder_layers`, of 6) without the unused pooler, texts
 are cut at `max_tokens`, and the embeddings of recently seen texts are kept in a small
 LRU cache (a repeated prompt, a retried request, the same text screened by two agents).
 """
@@ -57,6 +57,15 @@ def default_cache_dir() -> Path:
     from serve_app.settings import get_settings
 
     return Path(get_settings().var_dir) / "governance"
+
+
+def truncate(model, layers: int):  # noqa: ANN001, ANN201
+    """`model` (a BertModel) with only its bottom `layers` transformer layers."""
+    if not 1 <= layers <= len(model.encoder.layer):
+        raise ValueError(f"cannot keep {layers} of {len(model.encoder.layer)} encoder layers")
+    model.encoder.layer = model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
+    return model
 
 
 def _pool(hidden):  # noqa: ANN001, ANN202
@@ -261,8 +270,6 @@ class Embedder:
             str(model_dir()), add_pooling_layer=False, attn_implementation=attn_implementation
         ).eval()
         if self._layers is not None:
-            from serve_app.governance.finetune import truncate
-
             model = truncate(model, self._layers)
         if self._weights is not None:
             unexpected = model.load_state_dict(self._weights, strict=False).unexpected_keys

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.governance import early_exit, harm, lexical_screen
+from serve_app.governance import artifacts, early_exit, harm, lexical_screen
+from serve_app.governance.artifacts import Manifest
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.harm import Classification, HarmClassifier
 from serve_app.governance.hazards import BENIGN, CLASSES
@@ -42,23 +43,36 @@ class SemanticModel:
         self.exit_head = exit_head
         self.lexical = lexical
         self.window_chars: int | None = WINDOW_CHARS  # None: every text read whole
+        self.manifest: Manifest | None = None  # the artifacts it was loaded from
 
     @classmethod
     def load(
-        cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx"
-    ) -> SemanticModel:
-        """Load the embedding model, the cached classifier, its exit head and the lexical
-        screen (trained here when neither cached nor shipped)."""
-        cache = Path(var_dir) / "governance"
+        cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx",
+        artifact_dir: Path | None = None,
+    ) -> SemanticModel:  # fmt: skip
+        """The model of the governance artifacts in `artifact_dir` (None: the configured
+        ones, serve_app/governance/artifacts.py), checked against their manifest: raises
+        ArtifactError when they are missing, altered or built for other serving settings.
+        The encoder's ONNX export is cached under `var_dir`/governance."""
+        manifest = artifacts.load_manifest(artifact_dir, serving_settings())
         embedder = Embedder(
-            threads=threads, quantize=quantize, runtime=runtime, cache_dir=cache,
-            split=early_exit.EXIT_LAYER,
+            threads=threads, quantize=quantize, runtime=runtime,
+            cache_dir=Path(var_dir) / "governance", split=early_exit.EXIT_LAYER,
         )  # fmt: skip
-        classifier = HarmClassifier.load_or_train(cache, embedder)
-        return cls(
-            embedder, classifier, early_exit.load_or_fit(cache, embedder, classifier),
-            lexical_screen.load_or_fit(cache, embedder, classifier),
+        embedder.use_weights(
+            load_encoder_weights(manifest),
+            manifest.build_id,
+            int(manifest.data["encoder"]["layers"]),
+        )
+        model = cls(
+            embedder, HarmClassifier.from_manifest(manifest),
+            early_exit.from_manifest(manifest) if embedder.staged else None,
+            lexical_screen.from_manifest(manifest),
         )  # fmt: skip
+        if model.exit_head is None:
+            log.warning("the governance encoder is not split; every text runs all its layers")
+        model.manifest = manifest
+        return model
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -119,14 +133,22 @@ class SemanticModel:
         the default); see HarmClassifier.decide."""
         return [self.classifier.decide(p, stage, budget) for p, stage in self.screen(texts)]
 
-    def weight_files(self) -> list[str]:
-        """The files of trained weights this model reads (what harm.SHIPPED_DIR ships)."""
-        names = harm.weight_files(self.embedder)
-        if self.exit_head is not None:
-            names.append(early_exit.head_name(self.embedder))
-        if self.lexical is not None:
-            names.append(lexical_screen.screen_name())
-        return names
+
+def serving_settings() -> dict:
+    """What the serving code assumes of the artifacts (a manifest must say the same)."""
+    return {
+        "classes": list(CLASSES),
+        "scale": harm.SCALE,
+        "exit_layer": early_exit.EXIT_LAYER,
+        "lexical_features": [lexical_screen.FORMAT, lexical_screen.BUCKETS, lexical_screen.PATTERN],
+    }
+
+
+def load_encoder_weights(manifest: Manifest) -> dict:
+    """The tuned encoder layers (state-dict entries, fp16 as stored) of a verified manifest."""
+    import torch
+
+    return torch.load(manifest.path("encoder"), weights_only=True)["encoder"]
 
 
 _default: SemanticModel | None = None
@@ -142,7 +164,7 @@ def default_semantic() -> SemanticModel:
     return _default
 
 
-if __name__ == "__main__":  # `make model`: fine-tune (or reuse) the classifier before serving
+if __name__ == "__main__":  # `make model`: check the artifacts and export the encoder once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model = default_semantic()
     print(f"governance classifier ready: {model.embedder.variant}")

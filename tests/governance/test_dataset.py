@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.governance import dataset
-from serve_app.governance.dataset import LABELS, load_items, split_of
+from training import labeled as dataset
+from training.labeled import LABELS, load_items, split_of
 
 
 class _StrictLoader(yaml.SafeLoader):

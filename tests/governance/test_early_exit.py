@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app.governance import early_exit
-from serve_app.governance.dataset import load_items
-from serve_app.governance.harm import _gold
 from serve_app.governance.hazards import BENIGN, CLASSES
 from serve_app.governance.semantic import SemanticModel
 from serve_app.settings import get_settings
+from training import exit_fit
+from training.classifier import gold_class as _gold
+from training.labeled import load_items
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_exit_loses_at_most_max_lost_dev_harm_and_spares_most_benign(
     harmful = np.array([_gold(i) != BENIGN for i in dev])
     flagged_in_full = harmful & (1.0 - full[:, CLASSES.index(BENIGN)] >= lowest)
     exited = np.array([stage == "early" for _, stage in screened])
-    assert (exited & flagged_in_full).sum() <= early_exit.MAX_LOST
+    assert (exited & flagged_in_full).sum() <= exit_fit.MAX_LOST
     assert exited[~harmful].mean() >= 0.5, exited[~harmful].mean()
     # Texts that went on get exactly the full classifier's probabilities.
     went_on = [(p, f) for (p, s), f in zip(screened, full, strict=True) if s == "full"]
@@ -74,10 +74,10 @@ def test_exit_loses_at_most_max_lost_dev_harm_and_spares_most_benign(
 def test_exit_threshold_choice() -> None:
     mass = np.array([0.05, 0.10, 0.20, 0.30, 0.60, 0.90])
     flagged = np.array([False, True, True, True, True, False])
-    assert 0.10 - 1e-5 < early_exit.choose_threshold(mass, flagged, 0) < 0.10  # none exits
-    assert 0.30 - 1e-5 < early_exit.choose_threshold(mass, flagged, 2) < 0.30  # 0.10, 0.20 do
-    assert early_exit.choose_threshold(mass, flagged, 4) == 0.0  # too few to choose by
-    assert early_exit.choose_threshold(mass, np.zeros(6, bool), 0) == 0.0
+    assert 0.10 - 1e-5 < exit_fit.choose_threshold(mass, flagged, 0) < 0.10  # none exits
+    assert 0.30 - 1e-5 < exit_fit.choose_threshold(mass, flagged, 2) < 0.30  # 0.10, 0.20 do
+    assert exit_fit.choose_threshold(mass, flagged, 4) == 0.0  # too few to choose by
+    assert exit_fit.choose_threshold(mass, np.zeros(6, bool), 0) == 0.0
 
 
 def test_exit_head_fit_is_deterministic_and_separates() -> None:
@@ -85,8 +85,8 @@ def test_exit_head_fit_is_deterministic_and_separates() -> None:
     labels = [int(c) for c in rng.integers(0, 3, 300)]
     emb = np.eye(384)[labels] + 0.3 * rng.normal(size=(300, 384)) / np.sqrt(384)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    a = early_exit.fit(emb, labels, benign=0)
-    b = early_exit.fit(emb, labels, benign=0)
+    a = exit_fit.fit(emb, labels, benign=0)
+    b = exit_fit.fit(emb, labels, benign=0)
     assert np.array_equal(a.w1, b.w1) and np.array_equal(a.w2, b.w2)
     probs = a.probabilities(emb)
     assert probs.shape == (300, len(CLASSES))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.governance import finetune
+from training import finetune
 
 
 def test_fine_tune_is_deterministic_and_restores_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,30 +1,23 @@
-"""The fine-tuned hazard classifier: real model, trained from the shipped data (its tuned
-weights ship with the code; the encoder export and the dev threshold are cached under the
-configured var/ directory at the suite's first run)."""
+"""The fine-tuned hazard classifier: real model, served from the shipped governance
+artifacts (built by training/; the encoder's ONNX export is cached under the configured
+var/ directory at the suite's first run)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from serve_app.governance import (
-    early_exit,
-    finetune,
-    harm,
-    lexical_screen,
-    onnx_encoder,
-    ship_weights,
-)
-from serve_app.governance.dataset import load_items
-from serve_app.governance.embedding import Embedder
+from serve_app.governance import early_exit, harm, onnx_encoder
 from serve_app.governance.hazards import BENIGN, CLASSES
 from serve_app.governance.semantic import SemanticModel
 from serve_app.settings import get_settings
 from tests.support.governance import dev_prompts_between_thresholds
+from training import classifier as training_classifier
+from training import finetune
+from training.labeled import load_items
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +133,13 @@ def test_held_out_requests_flagged_and_look_alikes_spared(semantic: SemanticMode
 
 
 def test_served_encoder_is_the_tuned_one(semantic: SemanticModel) -> None:
-    assert "+tuned:" + harm.cache_key() in semantic.embedder.variant
+    manifest = semantic.manifest
+    assert manifest is not None
+    assert "+tuned:" + manifest.build_id in semantic.embedder.variant
     # Served at the depth it was tuned at (the layers above are dropped), without the pooler.
-    assert f"|layers:{finetune.ENCODER_LAYERS}" in semantic.embedder.variant
+    layers = manifest.data["encoder"]["layers"]
+    assert layers == finetune.ENCODER_LAYERS
+    assert f"|layers:{layers}" in semantic.embedder.variant
     assert "|ort-int8|" in semantic.embedder.variant
     # Served in two graphs, split for the early exit: the bottom EXIT_LAYER layers, then
     # the rest (layer numbers restart in the second), no pooler.
@@ -154,65 +151,10 @@ def test_served_encoder_is_the_tuned_one(semantic: SemanticModel) -> None:
         names = " ".join(n.name for n in graph.node)
         depths.append(len(set(re.findall(r"layers?\.(\d+)/", names))))
         assert "pooler" not in names
-    assert depths == [split, finetune.ENCODER_LAYERS - split]
+    assert depths == [split, layers - split]
     emb = semantic.embed(["hello there"])
     assert emb.shape == (1, 384) and np.isclose(np.linalg.norm(emb), 1.0, atol=1e-4)
     assert 0.3 <= semantic.classifier.threshold < 1.0
-
-
-def test_cached_weights_are_reused(semantic: SemanticModel, monkeypatch) -> None:  # noqa: ANN001
-    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
-        raise AssertionError("fine-tuned again although the cache holds this dataset's weights")
-
-    monkeypatch.setattr(finetune, "fine_tune", no_training)
-    monkeypatch.setattr(finetune, "refit_head", no_training)
-    again = harm.HarmClassifier.load_or_train(get_settings().var_dir / "governance", Embedder())
-    assert np.array_equal(again.w, semantic.classifier.w)
-    assert again.threshold == semantic.classifier.threshold
-
-
-def test_a_fresh_cache_loads_the_shipped_weights(
-    semantic: SemanticModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    names = semantic.weight_files()
-    assert len(names) == 4  # tuned layers, refitted head, exit head, lexical screen
-    assert sorted(p.name for p in harm.SHIPPED_DIR.iterdir()) == sorted(names), (
-        "the shipped weights are not the current data's: "
-        "run `python -m serve_app.governance.ship_weights` and commit them"
-    )
-
-    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
-        raise AssertionError("trained although the shipped weights are this data's")
-
-    monkeypatch.setattr(finetune, "fine_tune", no_training)
-    monkeypatch.setattr(finetune, "refit_head", no_training)
-    monkeypatch.setattr(early_exit, "fit", no_training)
-    monkeypatch.setattr(lexical_screen, "fit", no_training)
-    weights = harm._load_or_tune(tmp_path / names[0])
-    assert weights.layers == finetune.ENCODER_LAYERS and weights.encoder
-    w, b = harm._load_or_refit(tmp_path / names[1], weights, semantic.embedder)
-    assert np.array_equal(w, semantic.classifier.w) and np.array_equal(b, semantic.classifier.b)
-    assert not any(tmp_path.iterdir())  # read where they are shipped, not copied
-    head = early_exit.load_or_fit(tmp_path, semantic.embedder, semantic.classifier)
-    assert head is not None and semantic.exit_head is not None
-    assert np.array_equal(head.w1, semantic.exit_head.w1)
-    assert head.threshold == semantic.exit_head.threshold  # chosen on dev again, the same
-    written = [p.name for p in tmp_path.iterdir()]  # only the exit's dev threshold
-    assert len(written) == 1 and written[0].startswith(f"{Path(names[2]).stem}-threshold-")
-    screen = lexical_screen.load_or_fit(tmp_path, semantic.embedder, semantic.classifier)
-    assert semantic.lexical is not None
-    assert np.array_equal(screen.weights, semantic.lexical.weights)
-    assert screen.threshold == semantic.lexical.threshold  # chosen on dev again, the same
-    written = sorted(p.name for p in tmp_path.iterdir())  # and the screen's dev threshold
-    assert len(written) == 2 and written[1].startswith(f"{Path(names[3]).stem}-threshold-")
-
-
-def test_shipping_replaces_the_weights_of_earlier_data(tmp_path: Path) -> None:
-    (tmp_path / "harm-v4-0123456789abcdef.pt").write_bytes(b"earlier data's weights")
-    shipped = ship_weights.ship(get_settings().var_dir, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in shipped)
-    for path in shipped:
-        assert path.read_bytes() == (harm.SHIPPED_DIR / path.name).read_bytes()
 
 
 def test_head_refit_fits_the_served_embeddings_deterministically() -> None:
@@ -226,7 +168,7 @@ def test_head_refit_fits_the_served_embeddings_deterministically() -> None:
     w, b = finetune.refit_head(w0, b0, emb, labels, benign=0)
     # Read as HarmClassifier reads it: SCALE times the unit embedding (label smoothing with
     # class weights leans the bias towards the heavier benign class; the scaled term wins).
-    assert ((finetune.SCALE * emb @ w + b).argmax(1) == labels).mean() > 0.95
+    assert ((harm.SCALE * emb @ w + b).argmax(1) == labels).mean() > 0.95
     again = finetune.refit_head(w0, b0, emb, labels, benign=0)
     assert np.array_equal(w, again[0]) and np.array_equal(b, again[1])
     assert np.array_equal(w0, np.zeros((384, 3)))  # the start is not modified
@@ -239,7 +181,7 @@ def test_threshold_respects_the_dev_false_positive_budget() -> None:
     gold = [BENIGN] * 100 + ["hate"] * 100
     mass = np.concatenate([rng.uniform(0.0, 0.9, 100), rng.uniform(0.5, 1.0, 100)])
     probs[:, benign], probs[:, hate] = 1 - mass, mass
-    chosen = harm.choose_threshold(probs, gold)
+    chosen = training_classifier.choose_threshold(probs, gold)
     assert (mass[:100] >= chosen["threshold"]).mean() <= harm.MAX_DEV_BENIGN_FPR
     assert chosen["dev_benign_fpr"] <= harm.MAX_DEV_BENIGN_FPR
     assert chosen["dev_macro_f1"] > 0
@@ -256,7 +198,7 @@ def test_threshold_can_sit_within_a_hundredth_of_one() -> None:
         [rng.uniform(0.0, 0.9, 95), rng.uniform(0.996, 0.998, 5), rng.uniform(0.9985, 0.9999, 100)]
     )
     probs[:, benign], probs[:, hate] = 1 - mass, mass
-    chosen = harm.choose_threshold(probs, gold)
+    chosen = training_classifier.choose_threshold(probs, gold)
     assert 0.996 < chosen["threshold"] < 1.0
     assert chosen["dev_benign_fpr"] <= harm.MAX_DEV_BENIGN_FPR
     assert (mass[100:] >= chosen["threshold"]).all()  # every harmful item still flagged

@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from serve_app.governance import harm
 from serve_app.governance.detectors import DETECTORS, detect_email, detect_ip_address
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.rules import detect_phone
+from training import classifier as harm
 
 
 def spans(found, text: str) -> list[str]:

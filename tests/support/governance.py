@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from serve_app.governance.dataset import load_items
 from serve_app.governance.hazards import HAZARDS
 from serve_app.governance.semantic import SemanticModel
+from training.labeled import load_items
 
 
 def dev_prompts_between_thresholds(semantic: SemanticModel, budget: float) -> list[str]:

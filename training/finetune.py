@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve_app.governance.embedding import EMBED_DIM, model_dir
+from serve_app.governance.embedding import EMBED_DIM, model_dir, truncate
+from serve_app.governance.harm import SCALE
 
-log = logging.getLogger("promethios.governance.finetune")
+log = logging.getLogger("promethios.training.finetune")
 
 # The served encoder keeps MiniLM's bottom ENCODER_LAYERS layers (of 6): each layer costs
 # ~1 ms per text on the request path, twice per request. 4 layers (all tuned) scored ~40 %
@@ -53,7 +54,6 @@ BENIGN_WEIGHT = 5.0  # benign's class weight, times the balanced weight: fewer f
 # data it raised dev macro F1 0.846 -> 0.860 and harmful flagged at 1 % / 2 % dev benign FPR
 # 76 -> 80 % / 81 -> 82 % (less at 5-10 %: 90 -> 88 %, 94 -> 93 %), the budgets served.
 LABEL_SMOOTHING = 0.1
-SCALE = 20.0  # the head's input is SCALE * the unit-length embedding
 TRAIN_MAX_TOKENS = 64  # training texts are cut here (serving cuts at the embedder's limit)
 SEED = 0
 # Torch threads while fine-tuning: it runs once, before serving (`make model`, the test
@@ -189,15 +189,6 @@ def _weighted_loss(labels: list[int], n_classes: int, benign: int):  # noqa: ANN
     return torch.nn.CrossEntropyLoss(
         weight=torch.tensor(class_w, dtype=torch.float32), label_smoothing=LABEL_SMOOTHING
     )
-
-
-def truncate(model, layers: int):  # noqa: ANN001, ANN201
-    """`model` (a BertModel) with only its bottom `layers` transformer layers."""
-    if not 1 <= layers <= len(model.encoder.layer):
-        raise ValueError(f"cannot keep {layers} of {len(model.encoder.layer)} encoder layers")
-    model.encoder.layer = model.encoder.layer[:layers]
-    model.config.num_hidden_layers = layers
-    return model
 
 
 def _extended_mask(mask):  # noqa: ANN001, ANN202 - torch types are imported lazily
