@@ -62,14 +62,6 @@ SEED = 0
 # texts: 17.8 s vs 33.4 s); the count is fixed, not the machine's, so a build does the
 # same arithmetic wherever it runs.
 THREADS = 2
-# The head is fitted again on the *served* embeddings (int8, the serving runtime) of the
-# training texts: fine-tuning ran in fp32, and the head should read what is served. Full
-# batch Adam from the fine-tuned head. With ONNX Runtime it raised dev macro F1 from 0.890
-# to 0.902 at the same dev benign budget (and harmful items flagged 88.4 -> 89.3 %).
-REFIT_STEPS = 200
-REFIT_LR = 1e-3
-REFIT_L2 = 1e-3  # times the squared weights, added to the loss
-REFIT_PARAMS = (REFIT_STEPS, REFIT_LR, REFIT_L2, LABEL_SMOOTHING)
 PARAMS = (ENCODER_LAYERS, TUNED_LAYERS, EPOCHS, BATCH, LR, HEAD_LR, WEIGHT_DECAY,
           BENIGN_WEIGHT, SCALE, TRAIN_MAX_TOKENS, SEED, THREADS, LABEL_SMOOTHING)  # fmt: skip
 
@@ -151,36 +143,9 @@ def fine_tune(texts: list[str], labels: list[int], n_classes: int, benign: int) 
         torch.set_num_threads(threads)
 
 
-def refit_head(
-    w: np.ndarray, b: np.ndarray, emb: np.ndarray, labels: list[int], benign: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The head (w, b) fitted again to `emb` (served unit embeddings of the training texts)
-    with the fine-tuning's class weights; deterministic (one thread, full batch)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = torch.tensor(SCALE * np.asarray(emb), dtype=torch.float32)
-        y = torch.tensor(labels)
-        wt = torch.tensor(w, dtype=torch.float32, requires_grad=True)
-        bt = torch.tensor(b, dtype=torch.float32, requires_grad=True)
-        loss_fn = _weighted_loss(labels, wt.shape[1], benign)
-        opt = torch.optim.Adam([wt, bt], lr=REFIT_LR)
-        for _ in range(REFIT_STEPS):
-            loss = loss_fn(x @ wt + bt, y) + REFIT_L2 * (wt**2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        log.info("head refitted on served embeddings: loss %.4f", loss.item())
-        return wt.detach().double().numpy(), bt.detach().double().numpy()
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _weighted_loss(labels: list[int], n_classes: int, benign: int):  # noqa: ANN202
     """Cross-entropy with balanced class weights, benign's times BENIGN_WEIGHT (fewer
-    false positives): the fine-tuning's loss, and the head refit's."""
+    false positives): the fine-tuning's loss."""
     import torch
 
     counts = np.bincount(labels, minlength=n_classes)

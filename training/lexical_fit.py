@@ -1,24 +1,16 @@
 """Fits the lexical screen (serve_app/governance/lexical_screen.py) and chooses its threshold.
 
 A logistic regression (L2, balanced class weights, full-batch L-BFGS) over the TF-IDF rows
-of the classifier's training set (harmful = any class but benign). Its threshold is chosen
-on dev as the early exit's is (training/exit_fit.py): the highest under which at most
-MAX_LOST (none) of the dev harmful items that the full classifier flags at its lowest
-threshold would pass. Cached under var/governance/.
+of the classifier's training set (harmful = any class but benign). training/build.py
+trains it on the pooled windows and chooses its threshold on the pooled dev.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import time
-from pathlib import Path
 
 import numpy as np
 
-from serve_app.governance.harm import HarmClassifier
-from serve_app.governance.hazards import BENIGN
 from serve_app.governance.lexical_screen import (
     BUCKETS,
     FORMAT,
@@ -27,19 +19,12 @@ from serve_app.governance.lexical_screen import (
     _term_frequencies,
     _unit,
 )
-from training import classifier as harm
-from training import exit_fit, finetune
+from training import finetune
 
 log = logging.getLogger("promethios.training.lexical")
 
 C = 10.0  # inverse L2 strength (scikit-learn's convention: C times the summed loss)
 MAX_ITER = 300
-# Dev harmful items (of ~1,140 the full classifier flags at its lowest threshold) that may
-# pass the screen: none. Measured on dataset 2026.12-6's dev: 0 / 1 / 2 let 34 / 49 / 62 %
-# of the dev benign items pass (54 / 60 / 64 % of the cost bench's texts), but the items
-# the first two would lose are two phrasings of hiding self-harm from a therapist, which
-# its words read as benign: a lexical screen should not be where that is decided.
-MAX_LOST = 0
 PARAMS = (FORMAT, BUCKETS, PATTERN, C, MAX_ITER, finetune.THREADS)
 
 
@@ -109,54 +94,3 @@ def fit(texts: list[str], harmful: list[bool]) -> LexicalScreen:
         return LexicalScreen(w.detach().numpy()[:, 0].copy(), float(b.detach()), idf)
     finally:
         torch.set_num_threads(threads)
-
-
-def screen_key() -> str:
-    """Changes with the training data (harm.cache_key) and PARAMS."""
-    return hashlib.sha256(f"{harm.cache_key()}|{PARAMS}".encode()).hexdigest()[:12]
-
-
-def screen_name() -> str:
-    """The screen's weights file (cached and shipped under this name)."""
-    return f"harm-v{harm.FORMAT}-lexical-{screen_key()}.npz"
-
-
-def load_or_fit(
-    cache_dir: Path,
-    embedder,
-    classifier: HarmClassifier,  # noqa: ANN001
-) -> tuple[LexicalScreen, Path, dict]:
-    """The screen (cached, an artifact, or fitted here) with its dev threshold (cached), its
-    file, and the threshold's dev figures."""
-    path = cache_dir / screen_name()
-    screen = _load(harm.cached_or_shipped(path))
-    if screen is None:
-        texts, labels = harm.training_set()
-        started = time.monotonic()
-        screen = fit(texts, [label != BENIGN for label in labels])
-        took = time.monotonic() - started
-        log.info("lexical screen fitted on %d texts in %.0f s", len(texts), took)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, weights=screen.weights, bias=np.array(screen.bias), idf=screen.idf)
-        harm.write_atomic(path, buf.getvalue())
-    else:
-        path = harm.cached_or_shipped(path)
-    chosen = exit_fit.dev_threshold(
-        cache_dir, path, embedder, classifier, MAX_LOST,
-        lambda texts: np.array([screen.harmful_probability(t) for t in texts]), "pass",
-    )  # fmt: skip
-    screen.threshold = chosen["threshold"]
-    return screen, path, chosen
-
-
-def _load(path: Path) -> LexicalScreen | None:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as z:
-            return LexicalScreen(
-                z["weights"].astype(np.float32), float(z["bias"]), z["idf"].astype(np.float32)
-            )
-    except (OSError, ValueError, KeyError):
-        log.warning("lexical screen %s unreadable; fitting it again", path)
-        return None

@@ -24,8 +24,6 @@ from serve_app.governance import harm
 from serve_app.governance.artifacts import Manifest
 from serve_app.governance.hazards import BENIGN, CLASSES
 
-_GELU_C = float(np.sqrt(2.0 / np.pi))
-
 # After 3 of the 6 layers. Measured on dataset 2026.12-6's served build (Intel Xeon, AMX),
 # 200 bench requests: exit heads after 1 / 2 / 3 layers let 33-39 / 45-62 / 67-70 % of the
 # bench's texts exit at the dev-chosen threshold, the encoder's median per request falling
@@ -48,8 +46,7 @@ class ExitHead:
         """Class probabilities (CLASSES order) from unit embeddings at the split."""
         x = harm.SCALE * np.atleast_2d(emb).astype(np.float64)
         h = x @ self.w1 + self.b1
-        h = 0.5 * h * (1.0 + np.tanh(_GELU_C * (h + 0.044715 * h**3)))  # GELU (tanh form)
-        return harm._softmax(h @ self.w2 + self.b2)
+        return harm._softmax(harm.gelu(h) @ self.w2 + self.b2)
 
     def harmful_mass(self, emb: np.ndarray) -> np.ndarray:
         return harmful_mass(self.probabilities(emb))

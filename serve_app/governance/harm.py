@@ -39,6 +39,14 @@ class Classification:
     stage: str = "full"
 
 
+_GELU_C = float(np.sqrt(2.0 / np.pi))
+
+
+def gelu(h: np.ndarray) -> np.ndarray:
+    """GELU, tanh form (as the heads are trained: torch's approximate="tanh")."""
+    return 0.5 * h * (1.0 + np.tanh(_GELU_C * (h + 0.044715 * h**3)))
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -51,8 +59,12 @@ class HarmClassifier:
     def __init__(
         self, w: np.ndarray, b: np.ndarray, threshold: float,
         by_budget: dict[float, float] | None = None,
+        hidden: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:  # fmt: skip
+        """`w`, `b`: the output layer; `hidden` (w1, b1): a GELU layer before it, or None
+        (a linear head)."""
         self.w, self.b, self.threshold = w, b, threshold
+        self.hidden = hidden
         # Dev benign false-positive budget -> the threshold dev chose for it.
         self.by_budget: dict[float, float] = dict(by_budget or {})
         self._benign = CLASSES.index(BENIGN)
@@ -71,6 +83,8 @@ class HarmClassifier:
 
     def probabilities(self, emb: np.ndarray) -> np.ndarray:
         x = SCALE * np.atleast_2d(emb).astype(np.float64)
+        if self.hidden is not None:
+            x = gelu(x @ self.hidden[0] + self.hidden[1])
         return _softmax(x @ self.w + self.b)
 
     def classify(self, emb: np.ndarray, budget: float | None = None) -> list[Classification]:
@@ -103,7 +117,10 @@ class HarmClassifier:
     def from_manifest(cls, manifest: Manifest) -> HarmClassifier:
         """The head and the thresholds of a verified artifact manifest."""
         with np.load(manifest.path("head")) as z:
-            w, b = z["w"], z["b"]
+            if "w1" in z:  # one hidden GELU layer
+                w, b, hidden = z["w2"], z["b2"], (z["w1"], z["b1"])
+            else:
+                w, b, hidden = z["w"], z["b"], None
         chosen = manifest.thresholds["classifier"]
         by_budget = {float(k): float(v) for k, v in chosen["by_budget"].items()}
-        return cls(w, b, by_budget[float(chosen["default_budget"])], by_budget)
+        return cls(w, b, by_budget[float(chosen["default_budget"])], by_budget, hidden)

@@ -122,44 +122,46 @@ def test_the_served_operating_point_is_the_manifests(semantic: SemanticModel) ->
     assert semantic.exit_head is not None and semantic.lexical is not None
     assert semantic.exit_head.threshold == chosen["exit"]
     assert semantic.lexical.threshold == chosen["lexical"]
-    # The head served is the file's, as the verdict reads it.
+    # The head served is the file's, and serving reads it as training scored it.
+    from training import heads
+
     with np.load(manifest.path("head")) as z:
-        assert np.array_equal(z["w"], semantic.classifier.w)
+        head = {k: z[k] for k in z.files}
+    assert semantic.classifier.hidden is not None
+    assert np.array_equal(head["w2"], semantic.classifier.w)
+    assert np.array_equal(head["w1"], semantic.classifier.hidden[0])
+    emb = semantic.embed(["How do I bake bread?", "How do I make a pipe bomb at home?"])
+    assert np.allclose(semantic.classifier.probabilities(emb), heads.probabilities(head, emb))
 
 
-def test_shipped_artifacts_are_the_current_training_datas(tmp_path: Path) -> None:
-    """Builds into an empty directory: every file is found among the current artifacts by
-    its cache key (nothing trains), so the build gives the very same files; a change to
-    the data or a setting changes a key, and this fails until `make governance-weights`
-    has shipped the new build."""
-    from training import build, finetune
+def test_shipped_artifacts_are_the_current_builds(tmp_path: Path) -> None:
+    """Each file is named by a key of what it was built from (our labeled set, the sources
+    manifest, the settings, the encoder's served variant): a change to any of them
+    renames it, and this fails until `make governance-weights` has shipped the new build.
+    The public files are not needed for this check (CI has none)."""
+    from training import build
+    from training.labeled import dataset_hash
 
-    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
-        raise AssertionError(
-            "the shipped artifacts are not the current training data's: run "
-            "`make governance-weights` and commit serve_app/governance/data/artifacts/"
-        )
+    manifest = artifacts.load_manifest(ARTIFACT_DIR, serving_settings())
+    embedder, tuned = build.encoder(tmp_path)  # the shipped tuned layers: nothing trains
+    assert tuned == ARTIFACT_DIR / manifest.data["files"]["encoder"]["name"]
+    want = build.names(embedder)
+    got = {role: manifest.data["files"][role]["name"] for role in ROLES}
+    assert got == want, (
+        "the shipped artifacts are not the current build's: run `make governance-weights` "
+        "and commit serve_app/governance/data/artifacts/"
+    )
+    assert manifest.data["data"]["key"] == build.data_key()
+    assert manifest.data["data"]["labeled_set_sha256_16"] == dataset_hash()
+    # Read where shipped: nothing trained or written but the encoder's ONNX export.
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pt", ".npz", ".json")]
 
-    mp = pytest.MonkeyPatch()
-    try:
-        from training import exit_fit, lexical_fit
 
-        mp.setattr(finetune, "fine_tune", no_training)
-        mp.setattr(finetune, "refit_head", no_training)
-        mp.setattr(exit_fit, "fit", no_training)
-        mp.setattr(lexical_fit, "fit", no_training)
-        (tmp_path / "out").mkdir()
-        (tmp_path / "out" / "harm-v4-0123456789abcdef.pt").write_bytes(b"an earlier build's")
-        built = build.build(get_settings().var_dir, tmp_path / "out")
-    finally:
-        mp.undo()
-    shipped = artifacts.load_manifest(ARTIFACT_DIR, serving_settings())
-    for role in ROLES:
-        assert built.data["files"][role] == shipped.data["files"][role], role
-    assert built.build_id == shipped.build_id
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [built.data["files"][r]["name"] for r in ROLES] + [MANIFEST_NAME]
-    )  # the earlier build's file is gone
-    # Chosen on this machine's int8 embeddings: the same operating points within a step.
-    for budget, t in shipped.thresholds["classifier"]["by_budget"].items():
-        assert abs(built.thresholds["classifier"]["by_budget"][budget] - t) <= 0.0201, budget
+def test_the_data_key_follows_the_sources_manifest(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from training import build, public
+
+    key = build.data_key()
+    changed = tmp_path / "sources.yaml"
+    changed.write_text(public.SOURCES_FILE.read_text().replace("count: ", "count:  ", 1))
+    monkeypatch.setattr(public, "SOURCES_FILE", changed)
+    assert build.data_key() != key

@@ -143,10 +143,7 @@ def test_fused_qkv_attention_is_the_stock_attention() -> None:
     assert torch.allclose(want[mask], got[mask], atol=1e-5)
 
 
-def test_classifier_cache_keys_follow_data_params_and_variant(monkeypatch) -> None:  # noqa: ANN001
-    class FakeEmbedder:
-        variant = "all-MiniLM-L6-v2+tuned:k|int8-pc|256"
-
+def test_encoder_cache_key_follows_data_and_params(monkeypatch) -> None:  # noqa: ANN001
     key = harm.cache_key()
     assert key == harm.cache_key()
     items = harm._training_items()
@@ -156,11 +153,6 @@ def test_classifier_cache_keys_follow_data_params_and_variant(monkeypatch) -> No
     monkeypatch.setattr(harm, "_training_items", lambda: items)
     monkeypatch.setattr(harm.finetune, "PARAMS", (*harm.finetune.PARAMS, "changed"))
     assert harm.cache_key() != key
-    # The threshold is chosen on the served embeddings: it follows the variant.
-    tkey = harm.threshold_key(FakeEmbedder())  # type: ignore[arg-type]
-    other = FakeEmbedder()
-    other.variant = "all-MiniLM-L6-v2+tuned:k|fp32|256"
-    assert harm.threshold_key(other) != tkey  # type: ignore[arg-type]
 
 
 def test_single_text_tokenization_matches_the_wrapper() -> None:

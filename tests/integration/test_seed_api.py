@@ -162,8 +162,13 @@ def test_governance_redacts_and_blocks(graph: Graph, alice: str, agent_id: str) 
             )
         )
         gm = data["governance_metrics"]
-        assert gm["action"] == "redact"
-        assert any(v["category"] == "pii" for v in gm["policy_violations"])
+        found = gm["policy_violations"]
+        assert any(v["category"] == "pii" and v["direction"] == "input" for v in found), found
+        # The input's address is redacted. The tiny model's answer (its training is
+        # time-budgeted, so it varies by build) may hold an e-mail address of its own: the
+        # output screen then blocks it, and rightly.
+        leaked = [v for v in found if v["direction"] == "output" and v["category"] == "pii"]
+        assert gm["action"] == ("block" if leaked else "redact"), found
 
 
 def test_auth_and_isolation(graph: Graph, alice: str, bob: str, agent_id: str) -> None:

