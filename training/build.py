@@ -29,7 +29,7 @@ import io
 import json
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from serve_app.governance.artifacts import ARTIFACT_DIR, MANIFEST_NAME, ROLES, M
 from serve_app.governance.embedding import Embedder
 from serve_app.governance.harm import MAX_DEV_BENIGN_FPR
 from serve_app.governance.hazards import BENIGN_FPR_BUDGETS
+from serve_app.governance.lexical_screen import LexicalScreen
 from serve_app.governance.semantic import serving_settings
 from training import classifier, evaluate, features, finetune, heads, lexical_fit, pool, public
 from training.labeled import dataset_hash
@@ -92,19 +93,30 @@ def encoder(cache: Path) -> tuple[Embedder, Path]:
     return embedder, tuned
 
 
-def build_files(var_dir: Path) -> tuple[dict[str, Path], dict]:
-    """Each role's built (or reused) file and the manifest's other fields."""
-    cache = Path(var_dir) / "governance"
-    embedder, tuned = encoder(cache)
-    want = names(embedder)
-    ex = list(pool.examples())
-    feats = features.embed(ex, embedder, cache / "features")
-    idx = np.arange(len(ex))
-    split = np.array([e.split for e in ex])
-    train, dev = idx[split == "train"], idx[split == "dev"]
-    labels = np.array([heads.label_index(e.label) for e in ex])
+@dataclass
+class Trained:
+    """The heads of one build (the screen as its arrays) and their dev operating points."""
 
-    head = _load_or(cache / want["head"], lambda: _fit(feats.full, feats, train, labels, HEAD))
+    head: dict
+    exit_head: dict
+    screen: dict  # the lexical screen's weights, bias and idf
+    per_budget: dict  # benign false-positive budget -> threshold and dev figures
+    exit_dev: dict
+    lexical_dev: dict
+
+
+def train_heads(
+    ex: list, feats: features.Features, texts: list[str], owner: np.ndarray,
+    train: np.ndarray, dev: np.ndarray, cached=None,  # noqa: ANN001
+) -> Trained:  # fmt: skip
+    """The classifier head, the exit head and the lexical screen trained on the examples
+    `train`, and every threshold chosen on the examples `dev`. `cached(role, make)` gives
+    a stored role's arrays or makes (and stores) them; None: every one is fitted here."""
+    cached = cached or (lambda _role, make: make())
+    labels = np.array([heads.label_index(e.label) for e in ex])
+    head = cached("head", lambda: _fit(feats.full, feats, train, labels, HEAD))
+    exit_head = cached("exit_head", lambda: _fit(feats.early, feats, train, labels, EXIT_HEAD))
+    screen = cached("lexical", lambda: _fit_screen(ex, feats, texts, owner, train, head))
     dev_ex = [ex[i] for i in dev]
     full_dev = evaluate.score(head, feats, dev)
     per_budget = {}
@@ -112,32 +124,47 @@ def build_files(var_dir: Path) -> tuple[dict[str, Path], dict]:
         t = evaluate.choose_threshold(full_dev.mass, dev_ex, b)
         per_budget[b] = {"threshold": t, **evaluate.figures(full_dev.mass, full_dev.top, dev_ex, t)}
     lowest = min(v["threshold"] for v in per_budget.values())
-
-    exit_head = _load_or(cache / want["exit_head"],
-                         lambda: _fit(feats.early, feats, train, labels, EXIT_HEAD))  # fmt: skip
     win, pos = feats.of(dev)
     full_win = 1 - heads.probabilities(head, feats.full[win])[:, heads.BENIGN_INDEX]
     exit_win = 1 - heads.probabilities(exit_head, feats.early[win])[:, heads.BENIGN_INDEX]
     exit_dev = stage_threshold(exit_win, full_win, pos, dev_ex, lowest, EXIT_MAX_LOST, "exit")
-
-    texts, owner = features.window_texts(ex)
-    screen_path = cache / want["lexical"]
-    if not classifier.cached_or_shipped(screen_path).exists():
-        w_train, w_pos = feats.of(train)
-        top = _top_windows(head, feats.full[w_train], w_pos, len(train))
-        keep = [w for k, w in enumerate(w_train) if not ex[train[w_pos[k]]].harmful or top[k]]
-        screen = lexical_fit.fit([texts[w] for w in keep], [ex[owner[w]].harmful for w in keep])
-        buf = io.BytesIO()
-        np.savez_compressed(buf, weights=screen.weights, bias=np.array(screen.bias), idf=screen.idf)
-        classifier.write_atomic(screen_path, buf.getvalue())
-    screen_path = classifier.cached_or_shipped(screen_path)
-    from serve_app.governance.lexical_screen import LexicalScreen
-
-    with np.load(screen_path) as z:
-        screen = LexicalScreen(z["weights"], float(z["bias"]), z["idf"])
-    lex_win = np.array([screen.harmful_probability(texts[w]) for w in win])
+    lex = as_screen(screen)
+    lex_win = np.array([lex.harmful_probability(texts[w]) for w in win])
     lexical_dev = stage_threshold(lex_win, full_win, pos, dev_ex, lowest, LEXICAL_MAX_LOST, "pass")
+    return Trained(head, exit_head, screen, per_budget, exit_dev, lexical_dev)
 
+
+def as_screen(arrays: dict) -> LexicalScreen:
+    w, idf = arrays["weights"].astype(np.float32), arrays["idf"].astype(np.float32)
+    return LexicalScreen(w, float(arrays["bias"]), idf)
+
+
+def build_files(var_dir: Path) -> tuple[dict[str, Path], dict]:
+    """Each role's built (or reused) file and the manifest's other fields."""
+    cache = Path(var_dir) / "governance"
+    embedder, tuned = encoder(cache)
+    want = names(embedder)
+    ex = list(pool.examples())
+    feats = features.embed(ex, embedder, cache / "features")
+    texts, owner = features.window_texts(ex)
+    idx = np.arange(len(ex))
+    split = np.array([e.split for e in ex])
+    files: dict[str, Path] = {"encoder": tuned}
+
+    def cached(role: str, make) -> dict:  # noqa: ANN001
+        files[role] = classifier.cached_or_shipped(cache / want[role])
+        if files[role].exists():
+            with np.load(files[role]) as z:
+                return {k: z[k] for k in z.files}
+        arrays = make()
+        buf = io.BytesIO()
+        (np.savez_compressed if role == "lexical" else np.savez)(buf, **arrays)
+        classifier.write_atomic(cache / want[role], buf.getvalue())
+        files[role] = cache / want[role]
+        return arrays
+
+    t = train_heads(ex, feats, texts, owner, idx[split == "train"], idx[split == "dev"], cached)
+    per_budget, exit_dev, lexical_dev = t.per_budget, t.exit_dev, t.lexical_dev
     fields = {
         "encoder": {"base": "all-MiniLM-L6-v2", "layers": finetune.ENCODER_LAYERS},
         "thresholds": {
@@ -166,12 +193,6 @@ def build_files(var_dir: Path) -> tuple[dict[str, Path], dict]:
         "dev": {"classifier_by_budget": {str(b): v for b, v in per_budget.items()},
                 "exit": exit_dev, "lexical": lexical_dev, "embedder_variant": embedder.variant},
     }  # fmt: skip
-    files = {
-        "encoder": tuned,
-        "head": _save_head(cache / want["head"], head),
-        "exit_head": _save_head(cache / want["exit_head"], exit_head),
-        "lexical": screen_path,
-    }
     return files, fields
 
 
@@ -220,24 +241,15 @@ def _top_windows(head: dict, x: np.ndarray, pos: np.ndarray, n: int) -> np.ndarr
     return top
 
 
-def _load_or(path: Path, make) -> dict:  # noqa: ANN001
-    found = classifier.cached_or_shipped(path)
-    if found.exists():
-        with np.load(found) as z:
-            return {k: z[k] for k in z.files}
-    head = make()
-    _save_head(path, head)
-    return head
-
-
-def _save_head(path: Path, head: dict) -> Path:
-    found = classifier.cached_or_shipped(path)
-    if found.exists():
-        return found
-    buf = io.BytesIO()
-    np.savez(buf, **head)
-    classifier.write_atomic(path, buf.getvalue())
-    return path
+def _fit_screen(ex: list, feats: features.Features, texts: list[str], owner: np.ndarray,
+                train: np.ndarray, head: dict) -> dict:  # fmt: skip
+    """The lexical screen on the train examples' benign windows and the harmful examples'
+    most harmful windows (by `head`), as arrays."""
+    win, pos = feats.of(train)
+    top = _top_windows(head, feats.full[win], pos, len(train))
+    keep = [w for k, w in enumerate(win) if not ex[train[pos[k]]].harmful or top[k]]
+    screen = lexical_fit.fit([texts[w] for w in keep], [ex[owner[w]].harmful for w in keep])
+    return {"weights": screen.weights, "bias": np.array(screen.bias), "idf": screen.idf}
 
 
 def _counts(ex: list) -> dict:

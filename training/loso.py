@@ -25,7 +25,7 @@ from serve_app.governance.harm import MAX_DEV_BENIGN_FPR
 from serve_app.governance.hazards import BENIGN, CLASSES
 from serve_app.governance.lexical_screen import LexicalScreen
 from serve_app.settings import REPO_ROOT
-from training import build, evaluate, features, heads, lexical_fit, pool, public
+from training import build, evaluate, features, heads, pool, public
 
 log = logging.getLogger("promethios.training.loso")
 RESULTS = REPO_ROOT / "bench" / "results" / "governance_sources.json"
@@ -84,38 +84,14 @@ def cascade(
 
 
 def fold(ex: list, feats: features.Features, texts: list[str], owner: np.ndarray,
-         leave: set[str]) -> tuple[dict, dict, LexicalScreen, float, float, float]:  # fmt: skip
-    """Heads and thresholds trained and chosen without the sources `leave`."""
+         leave: set[str]) -> build.Trained:  # fmt: skip
+    """Heads trained, and thresholds chosen, without the sources `leave` (as the build)."""
     idx = np.arange(len(ex))
     src = np.array([e.source for e in ex])
     split = np.array([e.split for e in ex])
     keep = ~np.isin(src, list(leave))
-    train, dev = idx[(split == "train") & keep], idx[(split == "dev") & keep]
-    labels = np.array([heads.label_index(e.label) for e in ex])
-    head = build._fit(feats.full, feats, train, labels, build.HEAD)
-    exit_head = build._fit(feats.early, feats, train, labels, build.EXIT_HEAD)
-    dev_ex = [ex[i] for i in dev]
-    scored = evaluate.score(head, feats, dev)
-    thresholds = {
-        b: evaluate.choose_threshold(scored.mass, dev_ex, b) for b in (0.01, 0.02, 0.03, 0.05, 0.1)
-    }
-    t = thresholds[MAX_DEV_BENIGN_FPR]
-    lowest = min(thresholds.values())
-    w_train, w_pos = feats.of(train)
-    top = build._top_windows(head, feats.full[w_train], w_pos, len(train))
-    kept = [w for k, w in enumerate(w_train) if not ex[train[w_pos[k]]].harmful or top[k]]
-    screen = lexical_fit.fit([texts[w] for w in kept], [ex[owner[w]].harmful for w in kept])
-    win, pos = feats.of(dev)
-    full_win = 1 - heads.probabilities(head, feats.full[win])[:, heads.BENIGN_INDEX]
-    exit_win = 1 - heads.probabilities(exit_head, feats.early[win])[:, heads.BENIGN_INDEX]
-    lex_win = np.array([screen.harmful_probability(texts[w]) for w in win])
-    t_exit = build.stage_threshold(
-        exit_win, full_win, pos, dev_ex, lowest, build.EXIT_MAX_LOST, "exit"
-    )["threshold"]
-    t_lex = build.stage_threshold(
-        lex_win, full_win, pos, dev_ex, lowest, build.LEXICAL_MAX_LOST, "pass"
-    )["threshold"]
-    return head, exit_head, screen, t, t_exit, t_lex
+    return build.train_heads(ex, feats, texts, owner, idx[(split == "train") & keep],
+                             idx[(split == "dev") & keep])  # fmt: skip
 
 
 def summarise(ex: list, rows: np.ndarray, flags: dict[str, np.ndarray], top: np.ndarray) -> dict:
@@ -165,10 +141,13 @@ def main() -> None:
         if args.groups and group not in args.groups:
             continue
         started = time.monotonic()
-        head, exit_head, screen, t, t_exit, t_lex = fold(ex, feats, texts, owner, set(members))
+        trained = fold(ex, feats, texts, owner, set(members))
+        t = trained.per_budget[MAX_DEV_BENIGN_FPR]["threshold"]
         rows = idx[np.isin(src, members)]
-        flags = cascade(ex, feats, texts, rows, head, exit_head, screen, t, t_exit, t_lex)
-        s = evaluate.score(head, feats, rows)
+        flags = cascade(ex, feats, texts, rows, trained.head, trained.exit_head,
+                        build.as_screen(trained.screen), t, trained.exit_dev["threshold"],
+                        trained.lexical_dev["threshold"])  # fmt: skip
+        s = evaluate.score(trained.head, feats, rows)
         pred_class[rows] = np.where(flags["served"], s.top, CLASSES.index(BENIGN))
         scored_rows.append(rows)
         results["groups"][group] = {
