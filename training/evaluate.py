@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve_app.governance.hazards import BENIGN, CLASSES, INJECTION_CLASS
-from training import heads, public
+from training import heads
 from training.features import Features
 from training.pool import OWN, Example
 
@@ -33,9 +33,9 @@ class Scored:
     top: np.ndarray  # the most probable harmful class (index into CLASSES) of that window
 
 
-def score(head: dict, feats: Features, rows: np.ndarray, early: bool = False) -> Scored:
+def score(head: dict, feats: Features, rows: np.ndarray) -> Scored:
     win, pos = feats.of(rows)
-    x = (feats.early if early else feats.full)[win]
+    x = feats.full[win]
     probs = heads.probabilities(head, x)
     mass, where = heads.example_mass(probs, pos, len(rows))
     harm = probs[where].copy()
@@ -81,27 +81,7 @@ def figures(mass: np.ndarray, top: np.ndarray, examples: list[Example], t: float
     return out
 
 
-def class_f1(mass: np.ndarray, top: np.ndarray, examples: list[Example], t: float) -> dict:
-    """F1 per class over examples with an exact label (a `harmful`-only example counts as
-    flagged or not, for recall, not here)."""
-    exact = [i for i, e in enumerate(examples) if e.label in CLASSES]
-    gold = np.array([CLASSES.index(examples[i].label) for i in exact])
-    pred = np.where(mass[exact] >= t, top[exact], CLASSES.index(BENIGN))
-    out = {}
-    for c, name in enumerate(CLASSES):
-        if name == BENIGN or not (gold == c).any():
-            continue
-        tp = int(((pred == c) & (gold == c)).sum())
-        out[name] = {"f1": round(2 * tp / max(1, (pred == c).sum() + (gold == c).sum()), 4),
-                     "n": int((gold == c).sum())}  # fmt: skip
-    return out
-
-
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     allv = np.concatenate([pos, neg])
     ranks = allv.argsort().argsort() + 1.0
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def public_train_sources() -> list[str]:
-    return public.names("train")

@@ -42,7 +42,6 @@ def label_index(label: str) -> int:
 
 def fit(
     x: np.ndarray, owner: np.ndarray, labels: np.ndarray, params: HeadParams = HeadParams(),
-    init: tuple[np.ndarray, np.ndarray] | None = None, scale: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """A head over window embeddings `x` whose windows belong to examples `owner` (0..E-1,
     windows of one example together) labelled `labels` (E class indices, PARTIAL allowed).
@@ -58,8 +57,6 @@ def fit(
         y = torch.tensor(labels, dtype=torch.long)
         n_ex, n_cls = len(labels), len(CLASSES)
         weights = _example_weights(labels, params.benign_weight)
-        if scale is not None:
-            weights = weights * scale
         wt = torch.tensor(weights, dtype=torch.float32)
         nwin = torch.bincount(own, minlength=n_ex).float()
         if params.hidden:
@@ -67,9 +64,6 @@ def fit(
             p = {"w1": torch.randn(x.shape[1], d) * (1 / np.sqrt(x.shape[1])),
                  "b1": torch.zeros(d), "w2": torch.randn(d, n_cls) * (1 / np.sqrt(d)),
                  "b2": torch.zeros(n_cls)}  # fmt: skip
-        elif init is not None:
-            p = {"w": torch.tensor(init[0], dtype=torch.float32),
-                 "b": torch.tensor(init[1], dtype=torch.float32)}  # fmt: skip
         else:
             p = {"w": torch.zeros(x.shape[1], n_cls), "b": torch.zeros(n_cls)}
         for t in p.values():

@@ -220,11 +220,10 @@ def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -
         log.warning("the shipped artifacts are not this build's; eval-only sources not scored")
         return {}
     loaded = {}
-    for role in ("head", "exit_head"):
+    for role in ("head", "exit_head", "lexical"):
         with np.load(manifest.path(role)) as z:
             loaded[role] = {k: z[k] for k in z.files}
-    with np.load(manifest.path("lexical")) as z:
-        screen = LexicalScreen(z["weights"], float(z["bias"]), z["idf"])
+    screen = build.as_screen(loaded["lexical"])
     th = manifest.thresholds
     t = th["classifier"]["by_budget"][str(th["classifier"]["default_budget"])]
     src = np.array([e.source for e in ex])
