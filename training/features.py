@@ -33,9 +33,11 @@ class Features:
 
     def of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The windows of the examples `rows` (indices), and each window's position in `rows`."""
-        where = {int(r): k for k, r in enumerate(rows)}
-        mask = np.array([int(o) in where for o in self.owner])
-        return np.flatnonzero(mask), np.array([where[int(o)] for o in self.owner[mask]])
+        position = np.full(int(self.owner.max()) + 1, -1)
+        position[np.asarray(rows, dtype=int)] = np.arange(len(rows))
+        at = position[self.owner]
+        win = np.flatnonzero(at >= 0)
+        return win, at[win]
 
 
 def window_texts(examples: tuple[Example, ...] | list[Example]) -> tuple[list[str], np.ndarray]:

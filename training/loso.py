@@ -121,7 +121,13 @@ def main() -> None:
     )
     parser.add_argument("--groups", nargs="*", default=None, help="only these groups")
     parser.add_argument("--resume", action="store_true", help="keep the groups already scored")
+    parser.add_argument(
+        "--table", action="store_true", help="print the results file as the README's tables"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from serve_app.settings import get_settings
 
@@ -234,6 +240,50 @@ def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -
                         th["exit"], th["lexical"])  # fmt: skip
         out[name] = summarise(ex, rows, flags, np.zeros(len(rows), int))
     return out
+
+
+def table(results: dict) -> str:
+    """The results as markdown: one row per left-out group, the pooled row, the eval-only
+    sets and the per-class F1 (what the README shows)."""
+
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.1f} %"
+
+    lines = [
+        "| left out (group) | items | harmful flagged | classifier alone "
+        "| passed by screen / exit | real benign flagged | look-alikes flagged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in GROUPS:
+        if g not in results["groups"]:
+            continue
+        r = results["groups"][g]
+        lost = (f"{r['harmful_passed_by_lexical_screen']} / {r['harmful_passed_by_early_exit']}"
+                if "harmful_recall" in r else "— / —")  # fmt: skip
+        lines.append(
+            f"| {g} ({', '.join(r['sources'])}) | {r['n']:,} | {pct(r.get('harmful_recall'))} "
+            f"| {pct(r.get('harmful_recall_classifier_alone'))} | {lost} "
+            f"| {pct(r.get('benign_fpr_real'))} | {pct(r.get('benign_fpr_lookalike'))} |"
+        )
+    pooled = results.get("pooled_left_out", {})
+    if pooled:
+        lines.append(
+            f"| **all left-out items pooled** | | **{pct(pooled['harmful_recall'])}** | | "
+            f"| **{pct(pooled['benign_fpr_real'])}** | **{pct(pooled['benign_fpr_lookalike'])}** |"
+        )
+    evals = "; ".join(
+        f"{k} {pct(v.get('harmful_recall'))}" for k, v in results["eval_only"].items()
+    )
+    lines += [
+        "",
+        f"Eval-only sets (never trained or tuned on; the shipped build), harmful flagged: {evals}.",
+    ]
+    if results.get("groups_not_run"):
+        lines += ["", f"Not yet run: {', '.join(results['groups_not_run'])}."]
+    f1 = ", ".join(f"{c} {v['f1']:.2f} ({v['n']})" for c, v in pooled.get("class_f1", {}).items())
+    if f1:
+        lines += ["", f"Per class F1 over the left-out items with an exact label (n): {f1}."]
+    return "\n".join(lines)
 
 
 def _rate(flags: np.ndarray, mask: np.ndarray) -> float | None:
