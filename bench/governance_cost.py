@@ -1,20 +1,21 @@
 """Governance scoring cost: input + output screening of one request, messages < 1,000 chars.
 
     .venv/bin/python bench/governance_cost.py [--requests 200] [--repeats 3] [--fp32]
-        [--runtime onnx|torch] [--compare torch|onnx|no-exit]
+        [--runtime onnx|torch] [--compare torch|onnx|no-exit|shortcuts]
 
-In-process `GovernanceScorer.evaluate` with the default policy in `standard` mode, the
-way the Serve deployment calls it for one request: the user message (input) and then
-the assistant answer (output), each a different text. Pairs come from the shipped chat
-corpus (real prompt / answer pairs) and the labeled set's prompts, all under 1,000
-characters, none repeated, and the embedding cache is cleared before each round, so
-no request is answered from the cache. One thread (the deployment's setting). The
-encoder runs under ONNX Runtime (the default) or torch; `--compare` measures the other one
-too, request by request in turn, and reports the ratio per round (this machine's speed drifts
-by up to 2x within minutes: only interleaved figures compare). Reports the median and
-p95 per request over all rounds, the median of each round (the machine is shared: rounds
-show the noise) and the median CPU time per request, as JSON, also written to
-bench/results/governance_cost.json.
+In-process `GovernanceScorer.evaluate` with the default policy in `standard` mode, the way
+the Serve deployment calls it for one request: the user message (input) and then the
+assistant answer (output), each a different text, with the configured cascade
+(`PROMETHIOS_GOVERNANCE_SHORTCUTS`, off by default: the classifier reads every text).
+Pairs come from the shipped chat corpus (real prompt / answer pairs) and the labeled set's
+prompts, all under 1,000 characters, none repeated, and the embedding cache is cleared
+before each round, so no request is answered from the cache. One thread (the deployment's
+setting). The encoder runs under ONNX Runtime (the default) or torch; `--compare` measures
+the other one too, request by request in turn, and reports the ratio per round (this
+machine's speed drifts by up to 2x within minutes: only interleaved figures compare).
+Reports the median and p95 per request over all rounds, the median of each round (the
+machine is shared: rounds show the noise) and the median CPU time per request, as JSON,
+also written to bench/results/governance_cost.json.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from training.labeled import load_items  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "governance_cost.json"
 NO_EXIT = "no-exit"  # --compare: the same runtime without the lexical screen and early exit
+SHORTCUTS = "shortcuts"  # --compare: the same runtime with them
 MAX_CHARS = 1000
 
 
@@ -117,19 +119,19 @@ def measure(
     compare: str | None = None,
 ) -> dict:
     """The cost with `runtime`'s encoder; with `compare`, also with that runtime's (or,
-    `no-exit`, with `runtime`'s without the lexical screen and the early exit), the two
-    taking turns request by
-    request (this machine's speed drifts: only interleaved figures compare)."""
+    `no-exit` / `shortcuts`, with `runtime`'s without / with the lexical screen and the
+    early exit), the two taking turns request by request (this machine's speed drifts:
+    only interleaved figures compare)."""
     from serve_app.settings import get_settings
 
     runtimes = [runtime] + ([compare] if compare else [])
     scorers = {}
     for name in runtimes:
+        same = name in (NO_EXIT, SHORTCUTS)
         semantic = SemanticModel.load(
-            get_settings().var_dir, quantize=quantize, runtime=runtime if name == NO_EXIT else name
-        )
-        if name == NO_EXIT:  # every text runs all the encoder's layers
-            semantic.exit_head = semantic.lexical = None
+            get_settings().var_dir, quantize=quantize, runtime=runtime if same else name,
+            shortcuts={NO_EXIT: False, SHORTCUTS: True}.get(name),
+        )  # fmt: skip
         scorers[name] = GovernanceScorer(PolicySet.load(), semantic)
     pairs = request_pairs(requests + 20)
     warm, pairs = pairs[:20], pairs[20:]
@@ -163,14 +165,15 @@ def measure(
         **_summary(wall[runtime], cpu[runtime], medians[runtime], decided[runtime]),
         "median_chars_in_plus_out": statistics.median(chars),
         "embedding": scorers[runtime].semantic.embedder.variant,
+        "shortcuts": scorers[runtime].semantic.lexical is not None,
         "what": "input + output evaluation of one request, distinct texts, no cache hits, "
         "1 thread, in-process",
     }
     if compare:
         other = _summary(wall[compare], cpu[compare], medians[compare], decided[compare])
         result["compared_with"] = {
-            "embedding": scorers[compare].semantic.embedder.variant
-            + ("|no lexical screen, no early exit" if compare == NO_EXIT else ""),
+            "embedding": scorers[compare].semantic.embedder.variant,
+            "shortcuts": scorers[compare].semantic.lexical is not None,
             **other,
             # Per round, this runtime's median over the other's (requests alternate).
             "round_ratios": [
@@ -197,10 +200,9 @@ def main() -> None:
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the encoder's runtime")
     ap.add_argument(
         "--compare",
-        choices=[*RUNTIMES, NO_EXIT],
-        help="also measure this runtime (no-exit: the same one without the lexical screen "
-        "and the early exit), "
-        "taking turns with it",
+        choices=[*RUNTIMES, NO_EXIT, SHORTCUTS],
+        help="also measure this runtime (no-exit / shortcuts: the same one without / with "
+        "the lexical screen and the early exit), taking turns with it",
     )
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()

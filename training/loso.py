@@ -30,6 +30,7 @@ from training import build, evaluate, features, heads, pool, public
 log = logging.getLogger("promethios.training.loso")
 RESULTS = REPO_ROOT / "bench" / "results" / "governance_sources.json"
 PREDICTED = REPO_ROOT / "bench" / "results" / "governance_sources_predicted.json"  # --resume
+FORMAT = 2  # 2: figures as served by default (no shortcuts) and with the shortcuts
 GROUPS: dict[str, tuple[str, ...]] = {  # run in this order: harm and benign alternate
     "ailuminate": ("ailuminate_demo_en", "ailuminate_demo_fr"),
     "declare_lab": ("harmfulqa", "catqa_en"),
@@ -95,23 +96,32 @@ def fold(ex: list, feats: features.Features, texts: list[str], owner: np.ndarray
                              idx[(split == "dev") & keep])  # fmt: skip
 
 
-def summarise(ex: list, rows: np.ndarray, flags: dict[str, np.ndarray], top: np.ndarray) -> dict:
+def summarise(ex: list, rows: np.ndarray, flags: dict[str, np.ndarray]) -> dict:
+    """Recall and false positives as served by default (the classifier reads every text),
+    and with the shortcuts on (the lexical screen and the early exit in front of it)."""
     exs = [ex[i] for i in rows]
     harmful = np.array([e.harmful for e in exs])
-    look = np.array([evaluate.is_lookalike(e) for e in exs])
     out: dict = {"n": len(exs), "harmful": int(harmful.sum()), "benign": int((~harmful).sum())}
-    served = flags["served"]
+    out.update(_rates(exs, flags["alone"]))
+    shortcuts = _rates(exs, flags["served"])
     if harmful.any():
-        out["harmful_recall"] = round(float(served[harmful].mean()), 4)
-        out["harmful_recall_classifier_alone"] = round(float(flags["alone"][harmful].mean()), 4)
-        out["harmful_passed_by_lexical_screen"] = int(flags["lost_lexical"][harmful].sum())
-        out["harmful_passed_by_early_exit"] = int(flags["lost_exit"][harmful].sum())
+        shortcuts["harmful_passed_by_lexical_screen"] = int(flags["lost_lexical"][harmful].sum())
+        shortcuts["harmful_passed_by_early_exit"] = int(flags["lost_exit"][harmful].sum())
+    out["with_shortcuts"] = shortcuts
+    return out
+
+
+def _rates(exs: list, flagged: np.ndarray) -> dict:
+    harmful = np.array([e.harmful for e in exs])
+    look = np.array([evaluate.is_lookalike(e) for e in exs])
+    out = {}
     for name, m in (
+        ("harmful_recall", harmful),
         ("benign_fpr_real", ~harmful & ~look),
         ("benign_fpr_lookalike", ~harmful & look),
     ):
         if m.any():
-            out[name] = round(float(served[m].mean()), 4)
+            out[name] = round(float(flagged[m].mean()), 4)
     return out
 
 
@@ -147,10 +157,10 @@ def main() -> None:
     predictions: dict[str, dict] = {}
     if RESULTS.exists() and PREDICTED.exists() and args.resume:  # scored by an earlier run
         earlier = json.loads(RESULTS.read_text())
-        if earlier.get("data_key") == build.data_key():  # the same examples, in order
+        if earlier.get("data_key") == build.data_key() and earlier.get("format") == FORMAT:
             results, predictions = earlier, json.loads(PREDICTED.read_text())
             results["groups"] = {g: v for g, v in results["groups"].items() if g in predictions}
-    results["data_key"] = build.data_key()
+    results["data_key"], results["format"] = build.data_key(), FORMAT
     pred_class = np.full(len(ex), CLASSES.index(BENIGN))
     for group, members in GROUPS.items():
         if args.groups and group not in args.groups or group in results["groups"]:
@@ -163,21 +173,22 @@ def main() -> None:
                         build.as_screen(trained.screen), t, trained.exit_dev["threshold"],
                         trained.lexical_dev["threshold"])  # fmt: skip
         s = evaluate.score(trained.head, feats, rows)
-        predicted = np.where(flags["served"], s.top, CLASSES.index(BENIGN))
         results["groups"][group] = {
             "sources": list(members),
             "threshold": t,
-            **summarise(ex, rows, flags, s.top),
+            **summarise(ex, rows, flags),
         }
-        flagged = predicted != CLASSES.index(BENIGN)
-        predictions[group] = dict(
-            zip(rows[flagged].tolist(), predicted[flagged].tolist(), strict=True)
-        )
+        predictions[group] = {}
+        for kind, key in (("classifier", "alone"), ("with_shortcuts", "served")):
+            flagged = flags[key]
+            predictions[group][kind] = dict(
+                zip(rows[flagged].tolist(), s.top[flagged].tolist(), strict=True)
+            )
         for name in members:
             sel = src[rows] == name
             results["sources"][name] = {
                 "group": group,
-                **summarise(ex, rows[sel], {k: v[sel] for k, v in flags.items()}, s.top[sel]),
+                **summarise(ex, rows[sel], {k: v[sel] for k, v in flags.items()}),
             }
         log.info("group %s: %s (%.0f s)", group, results["groups"][group],
                  time.monotonic() - started)  # fmt: skip
@@ -194,21 +205,24 @@ def _write(results: dict, predictions: dict, ex: list, src: np.ndarray, idx: np.
     results["groups_not_run"] = [g for g in GROUPS if g not in done]
     PREDICTED.parent.mkdir(parents=True, exist_ok=True)
     PREDICTED.write_text(json.dumps(predictions))
-    pred = pred.copy()
-    rows = []
-    for g in done:
-        for r, p in predictions[g].items():
-            pred[int(r)] = p
-        rows.append(idx[np.isin(src, GROUPS[g])])
-    if rows:
-        results["pooled_left_out"] = _pooled(ex, np.concatenate(rows), pred)
+    rows = [idx[np.isin(src, GROUPS[g])] for g in done]
+    for kind, key in (("classifier", "pooled_left_out"),
+                      ("with_shortcuts", "pooled_left_out_with_shortcuts")):  # fmt: skip
+        flagged_class = pred.copy()
+        for g in done:
+            for r, p in predictions[g][kind].items():
+                flagged_class[int(r)] = p
+        if rows:
+            results[key] = _pooled(ex, np.concatenate(rows), flagged_class)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     summary = REPO_ROOT / "bench" / "results" / "governance_eval.json"
     if summary.exists() and "pooled_left_out" in results:
         data = json.loads(summary.read_text())
         data["public_sources_left_out"] = {
-            "pooled": results["pooled_left_out"], "eval_only": results["eval_only"],
+            "pooled": results["pooled_left_out"],
+            "pooled_with_shortcuts": results["pooled_left_out_with_shortcuts"],
+            "eval_only": results["eval_only"],
             "groups_not_run": results["groups_not_run"],
             "details": "bench/results/governance_sources.json (python -m training.loso)",
         }  # fmt: skip
@@ -238,7 +252,7 @@ def _eval_only(ex: list, feats: features.Features, texts: list[str], embedder) -
         rows = np.flatnonzero(src == name)
         flags = cascade(ex, feats, texts, rows, loaded["head"], loaded["exit_head"], screen, t,
                         th["exit"], th["lexical"])  # fmt: skip
-        out[name] = summarise(ex, rows, flags, np.zeros(len(rows), int))
+        out[name] = summarise(ex, rows, flags)
     return out
 
 
@@ -250,26 +264,29 @@ def table(results: dict) -> str:
         return "—" if v is None else f"{100 * v:.1f} %"
 
     lines = [
-        "| left out (group) | items | harmful flagged | classifier alone "
-        "| passed by screen / exit | real benign flagged | look-alikes flagged |",
+        "| left out (group) | items | harmful flagged | real benign flagged "
+        "| look-alikes flagged | with the shortcuts: harmful flagged | passed by screen / exit |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in GROUPS:
         if g not in results["groups"]:
             continue
         r = results["groups"][g]
-        lost = (f"{r['harmful_passed_by_lexical_screen']} / {r['harmful_passed_by_early_exit']}"
-                if "harmful_recall" in r else "— / —")  # fmt: skip
+        sc = r["with_shortcuts"]
+        lost = (f"{sc['harmful_passed_by_lexical_screen']} / {sc['harmful_passed_by_early_exit']}"
+                if "harmful_recall" in r else "—")  # fmt: skip
         lines.append(
             f"| {g} ({', '.join(r['sources'])}) | {r['n']:,} | {pct(r.get('harmful_recall'))} "
-            f"| {pct(r.get('harmful_recall_classifier_alone'))} | {lost} "
-            f"| {pct(r.get('benign_fpr_real'))} | {pct(r.get('benign_fpr_lookalike'))} |"
+            f"| {pct(r.get('benign_fpr_real'))} | {pct(r.get('benign_fpr_lookalike'))} "
+            f"| {pct(sc.get('harmful_recall'))} | {lost} |"
         )
     pooled = results.get("pooled_left_out", {})
     if pooled:
+        sc = results.get("pooled_left_out_with_shortcuts", {})
         lines.append(
-            f"| **all left-out items pooled** | | **{pct(pooled['harmful_recall'])}** | | "
-            f"| **{pct(pooled['benign_fpr_real'])}** | **{pct(pooled['benign_fpr_lookalike'])}** |"
+            f"| **all left-out items pooled** | | **{pct(pooled['harmful_recall'])}** "
+            f"| **{pct(pooled['benign_fpr_real'])}** | **{pct(pooled['benign_fpr_lookalike'])}** "
+            f"| {pct(sc.get('harmful_recall'))} | |"
         )
     evals = "; ".join(
         f"{k} {pct(v.get('harmful_recall'))}" for k, v in results["eval_only"].items()

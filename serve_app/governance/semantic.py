@@ -48,12 +48,18 @@ class SemanticModel:
     @classmethod
     def load(
         cls, var_dir: Path, threads: int = 1, quantize: bool = True, runtime: str = "onnx",
-        artifact_dir: Path | None = None,
+        artifact_dir: Path | None = None, shortcuts: bool | None = None,
     ) -> SemanticModel:  # fmt: skip
         """The model of the governance artifacts in `artifact_dir` (None: the configured
         ones, serve_app/governance/artifacts.py), checked against their manifest: raises
         ArtifactError when they are missing, altered or built for other serving settings.
-        The encoder's ONNX export is cached under `var_dir`/governance."""
+        The encoder's ONNX export is cached under `var_dir`/governance. `shortcuts`: the
+        lexical screen and the early exit in front of the classifier (None: the
+        `governance_shortcuts` setting, off by default)."""
+        if shortcuts is None:
+            from serve_app.settings import get_settings
+
+            shortcuts = get_settings().governance_shortcuts
         manifest = artifacts.load_manifest(artifact_dir, serving_settings())
         embedder = Embedder(
             threads=threads, quantize=quantize, runtime=runtime,
@@ -66,10 +72,10 @@ class SemanticModel:
         )
         model = cls(
             embedder, HarmClassifier.from_manifest(manifest),
-            early_exit.from_manifest(manifest) if embedder.staged else None,
-            lexical_screen.from_manifest(manifest),
+            early_exit.from_manifest(manifest) if shortcuts and embedder.staged else None,
+            lexical_screen.from_manifest(manifest) if shortcuts else None,
         )  # fmt: skip
-        if model.exit_head is None:
+        if shortcuts and model.exit_head is None:
             log.warning("the governance encoder is not split; every text runs all its layers")
         model.manifest = manifest
         return model

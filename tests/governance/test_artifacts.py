@@ -119,9 +119,6 @@ def test_the_served_operating_point_is_the_manifests(semantic: SemanticModel) ->
     assert sorted(by_budget) == sorted(BENIGN_FPR_BUDGETS)
     assert semantic.classifier.by_budget == by_budget
     assert semantic.classifier.threshold == by_budget[chosen["classifier"]["default_budget"]]
-    assert semantic.exit_head is not None and semantic.lexical is not None
-    assert semantic.exit_head.threshold == chosen["exit"]
-    assert semantic.lexical.threshold == chosen["lexical"]
     # The head served is the file's, and serving reads it as training scored it.
     from training import heads
 
@@ -165,3 +162,25 @@ def test_the_data_key_follows_the_sources_manifest(tmp_path: Path, monkeypatch) 
     changed.write_text(public.SOURCES_FILE.read_text().replace("count: ", "count:  ", 1))
     monkeypatch.setattr(public, "SOURCES_FILE", changed)
     assert build.data_key() != key
+
+
+def test_the_shortcuts_are_off_unless_the_operator_turns_them_on(
+    semantic: SemanticModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On sources the build never saw, the lexical screen and the early exit let through
+    harm the classifier flags (README): by default every text is read by the classifier."""
+    plain = ["Thanks, that helps a lot!", "What time does the library open on Sunday?"]
+    assert semantic.lexical is None and semantic.exit_head is None
+    assert [stage for _, stage in semantic.screen(plain)] == ["full", "full"]
+    monkeypatch.setenv("PROMETHIOS_GOVERNANCE_SHORTCUTS", "1")
+    get_settings.cache_clear()
+    try:
+        fast = SemanticModel.load(get_settings().var_dir)
+    finally:
+        monkeypatch.delenv("PROMETHIOS_GOVERNANCE_SHORTCUTS")
+        get_settings.cache_clear()
+    assert fast.lexical is not None and fast.exit_head is not None
+    assert semantic.manifest is not None
+    assert fast.exit_head.threshold == semantic.manifest.thresholds["exit"]
+    assert fast.lexical.threshold == semantic.manifest.thresholds["lexical"]
+    assert [stage for _, stage in fast.screen(plain)] == ["early", "lexical"]

@@ -16,7 +16,7 @@ from training.labeled import load_items
 
 @pytest.fixture(scope="module")
 def semantic() -> SemanticModel:
-    model = SemanticModel.load(get_settings().var_dir)
+    model = SemanticModel.load(get_settings().var_dir, shortcuts=True)
     # The early exit alone: the lexical screen in front of the encoder (tested in
     # test_lexical_screen.py) would decide the plainest texts before it.
     model.lexical = None

@@ -81,12 +81,19 @@ def test_the_loso_table_shows_every_scored_group_and_what_is_left() -> None:
             "ailuminate": {
                 "sources": ["ailuminate_demo_en"],
                 "n": 1200,
-                "harmful_recall": 0.711,
-                "harmful_recall_classifier_alone": 0.715,
-                "harmful_passed_by_lexical_screen": 8,
-                "harmful_passed_by_early_exit": 1,
+                "harmful_recall": 0.715,
+                "with_shortcuts": {
+                    "harmful_recall": 0.711,
+                    "harmful_passed_by_lexical_screen": 8,
+                    "harmful_passed_by_early_exit": 1,
+                },
             },
-            "intent_sets": {"sources": ["banking77"], "n": 3000, "benign_fpr_real": 0.0106},
+            "intent_sets": {
+                "sources": ["banking77"],
+                "n": 3000,
+                "benign_fpr_real": 0.0106,
+                "with_shortcuts": {"benign_fpr_real": 0.01},
+            },
         },  # fmt: skip
         "pooled_left_out": {
             "harmful_recall": 0.65,
@@ -94,11 +101,13 @@ def test_the_loso_table_shows_every_scored_group_and_what_is_left() -> None:
             "benign_fpr_lookalike": None,
             "class_f1": {"hate": {"f1": 0.44, "n": 230}},
         },  # fmt: skip
+        "pooled_left_out_with_shortcuts": {"harmful_recall": 0.64},
         "eval_only": {"harmbench": {"harmful_recall": 0.49}},
         "groups_not_run": ["donotanswer"],
     }
     text = loso.table(results)
-    assert "| ailuminate (ailuminate_demo_en) | 1,200 | 71.1 % | 71.5 % | 8 / 1 | — | — |" in text
-    assert "| intent_sets (banking77) | 3,000 | — | — | — / — | 1.1 % | — |" in text
-    assert "**65.0 %**" in text and "harmbench 49.0 %" in text and "hate 0.44 (230)" in text
+    assert "| ailuminate (ailuminate_demo_en) | 1,200 | 71.5 % | — | — | 71.1 % | 8 / 1 |" in text
+    assert "| intent_sets (banking77) | 3,000 | — | 1.1 % | — | — | — |" in text
+    assert "**65.0 %**" in text and "| 64.0 % |" in text
+    assert "harmbench 49.0 %" in text and "hate 0.44 (230)" in text
     assert "Not yet run: donotanswer." in text

@@ -63,7 +63,8 @@ def test_harm_inside_benign_text_is_flagged(semantic: SemanticModel, chatter: li
     finally:
         semantic.window_chars = WINDOW_CHARS
     print(f"of {len(HELD_OUT_HARMFUL)} flagged: windowed {windowed}, whole {whole}")
-    assert min(windowed) >= 0.6 * len(HELD_OUT_HARMFUL) and max(whole) <= 5, (windowed, whole)
+    n = len(HELD_OUT_HARMFUL)
+    assert min(windowed) >= 0.6 * n and min(windowed) - max(whole) >= 0.3 * n, (windowed, whole)
 
 
 def test_harm_past_the_encoder_token_limit_is_read(
