@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install model governance-weights run browser test test-fast bench bench-autoscale bench-wrapped clean
+.PHONY: install model governance-data governance-weights run browser test test-fast bench bench-autoscale bench-wrapped clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ model: install
 # commit them. Serving only loads them.
 governance-weights: install
 	$(PY) -m training.build
+
+# The public sources' files at their pinned commits and versions, into the ignored data/public/
+# (training/sources.yaml; MIRRORS=DIR reads local git copies instead of cloning from GitHub).
+governance-data: install
+	$(PY) -m training.fetch_public $(if $(MIRRORS),--mirrors $(MIRRORS))
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

@@ -9,9 +9,9 @@ labels map onto ours (the 14 hazards, prompt_injection, benign, or `harmful`: so
 which one the source does not say). Counts are checked on load.
 
 Third-party text is never committed: the files live under `data/public/<name>/` (git
-ignored). To rebuild the governance artifacts from scratch, fetch each source at its
-pinned commit or version and place its files there (`python -m training.public --check`
-says which are missing or differ from the manifest's counts).
+ignored). To rebuild the governance artifacts from scratch, `python -m training.fetch_public`
+fetches each source at its pinned commit or version into place; `python -m training.public
+--check` says which are missing or differ from the manifest's counts.
 """
 
 from __future__ import annotations

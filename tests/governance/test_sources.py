@@ -5,12 +5,14 @@ its shape and says what to fetch when they are missing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from serve_app.governance.artifacts import ARTIFACT_DIR
-from training import loso, public
+from training import fetch_public, loso, public
 
 
 def test_every_source_has_provenance_a_permissive_licence_and_a_count() -> None:
@@ -111,3 +113,52 @@ def test_the_loso_table_shows_every_scored_group_and_what_is_left() -> None:
     assert "**65.0 %**" in text and "| 64.0 % |" in text
     assert "harmbench 49.0 %" in text and "hate 0.44 (230)" in text
     assert "Not yet run: donotanswer." in text
+
+
+def _git(repo: Path, *args: str) -> str:
+    ids = (("NAME", "t"), ("EMAIL", "t@x"))
+    who = {f"GIT_{r}_{k}": v for r in ("AUTHOR", "COMMITTER") for k, v in ids}
+    env = {**who, "HOME": str(repo), "PATH": os.environ["PATH"]}
+    out = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+    return out.stdout.decode().strip()
+
+
+def test_fetching_takes_the_pinned_commit_not_the_head_and_checks_the_count(
+    tmp_path: Path,
+    monkeypatch,
+    capsys,  # noqa: ANN001
+) -> None:
+    repo = tmp_path / "mirrors" / "x+y" / "repo"
+    (repo / "d").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "d" / "rows.csv").write_text("q,cat\nHow to rob a bank,crime\nWhat is a bank,none\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "pinned")
+    pinned = _git(repo, "rev-parse", "HEAD")
+    (repo / "d" / "rows.csv").write_text("q,cat\nchanged after the pin,none\n")
+    (repo / "d" / "big.csv").write_text("version https://git-lfs.github.com/spec/v1\noid x\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "later")
+    entry = {"name": "toy", "origin": "github:x/y", "commit": pinned, "files": ["d/rows.csv"],
+             "licence": "MIT", "role": "train", "format": "csv", "text": "q",
+             "label": {"field": "cat", "map": {"crime": "non_violent_crimes", "none": "benign"}},
+             "count": 2}  # fmt: skip
+    monkeypatch.setattr(public, "manifest", lambda: (entry,))
+    data = tmp_path / "data"
+    argv = ["--mirrors", str(tmp_path / "mirrors"), "--data-dir", str(data)]
+    assert fetch_public.main(argv) == 0
+    assert (data / "toy" / "rows.csv").read_text().startswith("q,cat\nHow to rob a bank")
+    assert [i.text for i in public.read("toy", data_dir=data)] == [
+        "How to rob a bank",
+        "What is a bank",
+    ]
+    # A file absent at the pinned commit, and an LFS pointer in place of a file, both fail.
+    entry["files"] = ["d/big.csv"]
+    assert fetch_public.main(argv) == 1
+    assert "d/big.csv is not in github:x/y at" in capsys.readouterr().err
+    entry["commit"] = _git(repo, "rev-parse", "HEAD")
+    assert fetch_public.main(argv) == 1
+    assert "Git LFS pointer" in capsys.readouterr().err
+    # Unknown names are refused before anything is fetched.
+    with pytest.raises(SystemExit):
+        fetch_public.main([*argv, "--only", "nope"])
