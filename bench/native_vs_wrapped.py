@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -184,7 +185,15 @@ def main() -> int:
         model_dir, work / "vllm.log", served_model_name="tiny", api_key=os.environ[KEY_ENV]
     )
     try:
-        graph = start_graph(work, f"sqlite:///{work / 'bench.db'}")
+        # The operator registers vLLM's server as an upstream; the wrapped agent names it.
+        upstreams = work / "upstreams.yaml"
+        entry = {"base_url": vllm.base_url, "api_key_env": KEY_ENV, "models": [vllm.model]}
+        upstreams.write_text(yaml.safe_dump({"upstreams": {"vllm": entry}}))
+        graph = start_graph(
+            work,
+            f"sqlite:///{work / 'bench.db'}",
+            env={"PROMETHIOS_UPSTREAMS_FILE": str(upstreams)},
+        )
         try:
             key = create_user_key(graph.database_url, "bench")
             headers = {"Authorization": f"Bearer {key}"}
@@ -194,12 +203,7 @@ def main() -> int:
                 "system_prompt": SYSTEM,
                 "compliance_mode": "standard",
             }
-            backend = {
-                "type": "openai",
-                "base_url": vllm.base_url,
-                "model": vllm.model,
-                "api_key_env": KEY_ENV,
-            }
+            backend = {"type": "openai", "upstream": "vllm", "model": vllm.model}
             agents = {}
             for name, extra in (("native", {}), ("wrapped", {"backend": backend})):
                 config = {"name": f"bench-{name}", **base, **extra}

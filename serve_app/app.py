@@ -83,6 +83,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from deployments.rate_limiter import RateLimiterDeployment
     from deployments.upstream import UpstreamLLM
     from serve_app.store import Store
+    from serve_app.upstream_registry import registry
 
     cfg = AppConfig.model_validate(args or {})
     settings = get_settings()
@@ -90,6 +91,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     database_url = cfg.database_url or settings.resolved_database_url
     policy_file = cfg.policy_file or str(DEFAULT_POLICY_FILE)
     PolicySet.load(policy_file)  # a bad policy file stops start-up here, naming the field
+    registry().check()  # so does a bad upstreams file (PROMETHIOS_UPSTREAMS_FILE)
     store = Store(database_url)
     store.migrate()
     store.close()

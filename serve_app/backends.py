@@ -30,6 +30,7 @@ from serve_app.governance.scorer import GovernanceScorer, Verdict
 from serve_app.recording import InteractionRecorder
 from serve_app.store.records import InteractionRecord
 from serve_app.upstream import UpstreamClient
+from serve_app.upstream_registry import registry
 
 
 class Backends(Protocol):
@@ -122,8 +123,8 @@ class RayBackends:
             return self.llm, (), self.timeout_s
         if self.upstream is None:
             raise ModelUnavailable("this application has no upstream deployment")
-        # The upstream client enforces the agent's own timeout; allow it to report first.
-        return self.upstream, (upstream,), float(upstream.get("timeout_s", 60.0)) + 5.0
+        # The upstream client enforces the upstream's timeout; allow it to report first.
+        return self.upstream, (upstream,), registry().target(upstream).timeout_s + 5.0
 
     async def generate(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,11 +61,16 @@ class Settings(BaseSettings):
         default=False, validation_alias=AliasChoices("PROMETHIOS_DEBUG", "NATIVE_LLM_DEBUG")
     )
     log_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_LOG_DIR")
-    # Which environment variables a wrapped agent may name as its upstream API key:
-    # without a pattern, an agent could send any server variable to a URL of its choice.
-    upstream_key_env_pattern: str = Field(
-        default=r"^(UPSTREAM_[A-Z0-9_]+|[A-Z][A-Z0-9_]*_API_KEY)$",
-        validation_alias="PROMETHIOS_UPSTREAM_KEY_ENV_PATTERN",
+    # Upstreams belong to the operator: a YAML file of name -> base URL, key variable,
+    # models, timeout (serve_app/upstream_registry.py); wrapped agents name one of them.
+    upstreams_file: Path | None = Field(default=None, validation_alias="PROMETHIOS_UPSTREAMS_FILE")
+    # Ad-hoc URLs that tenants name for their wrapped agents: off. When on, public addresses
+    # only (serve_app/netguard.py), https unless the second switch allows http, never a key.
+    tenant_upstream_urls: bool = Field(
+        default=False, validation_alias="PROMETHIOS_TENANT_UPSTREAM_URLS"
+    )
+    tenant_upstream_http: bool = Field(
+        default=False, validation_alias="PROMETHIOS_TENANT_UPSTREAM_HTTP"
     )
     redact_logs: bool = Field(default=True, validation_alias="PROMETHIOS_REDACT_LOGS")
     # Where the metrics writer spools accepted records until they are in the database.
@@ -101,17 +105,6 @@ def get_settings() -> Settings:
     return Settings()
 
 
-# Variables no agent may use as an upstream key, whatever the pattern allows.
-RESERVED_KEY_ENVS = frozenset({"PROMETHIOS_API_KEY", "DATABASE_URL"})
-
-
-def upstream_key_env_allowed(name: str) -> bool:
-    """Whether a wrapped agent may name `name` as the variable holding its upstream key."""
-    return name not in RESERVED_KEY_ENVS and bool(
-        re.fullmatch(get_settings().upstream_key_env_pattern, name)
-    )
-
-
 def upstream_api_key(name: str) -> str | None:
-    """The value of an allowed upstream-key variable in this process's environment."""
-    return os.environ.get(name) if upstream_key_env_allowed(name) else None
+    """The value of an upstream's key variable (named by the operator's upstreams file)."""
+    return os.environ.get(name)

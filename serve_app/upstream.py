@@ -4,8 +4,13 @@
 async HTTP client, a per-agent timeout, retries with backoff on 429/5xx and connection
 failures (never once a stream has started), and every failure mapped to the API's
 errors — 502 for an upstream that fails or answers garbage, 504 for one that is too
-slow, 400 when it rejects the request itself. The API key is read on this side from
-the environment variable the agent names; it is never stored or returned.
+slow, 400 when it rejects the request itself. Where a call goes comes from the
+operator's registry (serve_app/upstream_registry.py): a registered upstream's key is read
+on this side from the variable the operator named and sent only to that upstream's URL;
+a tenant's ad-hoc URL goes through a client that connects to checked public addresses
+only (serve_app/netguard.py), with no proxy, no redirects and no key. An upstream's error
+body never reaches the client: the client gets the status, the operator's log the body
+(redacted).
 """
 
 from __future__ import annotations
@@ -14,58 +19,27 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
+import certifi
+import httpcore
 import httpx
 
 from serve_app.engine.adapter import Generation, StreamDelta
 from serve_app.errors import BadGateway, BadRequest, GatewayTimeout
-from serve_app.settings import upstream_api_key
+from serve_app.netguard import AddressRefused, GuardedNetworkBackend, Resolver, system_resolve
+from serve_app.observability.logs import redact
+from serve_app.upstream_registry import Registry, UpstreamTarget, registry
 
 log = logging.getLogger("promethios.upstream")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 MAX_ERROR_CHARS = 300
-
-
-@dataclass(frozen=True)
-class UpstreamTarget:
-    """Where a wrapped agent's model lives (the agent's `backend` config)."""
-
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    timeout_s: float = 60.0
-    max_retries: int = 2
-
-    @classmethod
-    def from_config(cls, backend: dict[str, Any]) -> UpstreamTarget:
-        return cls(
-            base_url=str(backend["base_url"]).rstrip("/"),
-            model=str(backend["model"]),
-            api_key_env=backend.get("api_key_env"),
-            timeout_s=float(backend.get("timeout_s", 60.0)),
-            max_retries=int(backend.get("max_retries", 2)),
-        )
-
-    @property
-    def completions_url(self) -> str:
-        return f"{self.base_url}/chat/completions"
-
-    def headers(self) -> dict[str, str]:
-        if not self.api_key_env:
-            return {}
-        key = upstream_api_key(self.api_key_env)
-        if not key:
-            raise BadGateway(
-                f"the upstream API key variable {self.api_key_env} is not set on the server"
-            )
-        return {"Authorization": f"Bearer {key}"}
 
 
 def _body(
@@ -84,7 +58,7 @@ def _body(
 
 
 def _error_text(resp: httpx.Response) -> str:
-    """The upstream's own error message when it sent one, shortened."""
+    """The upstream's own error message when it sent one, shortened (for the log only)."""
     try:
         err = resp.json().get("error")
         text = err.get("message") if isinstance(err, dict) else str(err or resp.text)
@@ -94,16 +68,22 @@ def _error_text(resp: httpx.Response) -> str:
     return text[:MAX_ERROR_CHARS] or resp.reason_phrase
 
 
-def _error_for(resp: httpx.Response) -> Exception:
-    what = f"upstream model answered {resp.status_code}: {_error_text(resp)}"
+def _error_for(target: UpstreamTarget, resp: httpx.Response, request_id: str) -> Exception:
+    """A fixed message with the status for the client; the body only in the operator's log
+    (redacted): an upstream's error text can carry its internals or another tenant's data."""
+    log.warning(
+        "upstream %s answered %d: %s",
+        target.label,
+        resp.status_code,
+        redact(_error_text(resp)),
+        extra={"message_id": request_id},
+    )
     if resp.status_code in CLIENT_FAULT_STATUSES:
-        return BadRequest(what)
-    return BadGateway(what)
-
-
-def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code >= 400:
-        raise _error_for(resp)
+        return BadRequest(
+            f"upstream {target.label} refused the request ({resp.status_code}); "
+            "check the prompt's length and the agent's max_tokens"
+        )
+    return BadGateway(f"upstream {target.label} answered {resp.status_code}")
 
 
 def _backoff_s(attempt: int, resp: httpx.Response | None) -> float:
@@ -137,16 +117,42 @@ def _generation(data: Any, started: float) -> Generation:
 class UpstreamClient:
     """Chat completions from OpenAI-compatible servers, pooled across agents."""
 
-    def __init__(self, max_connections: int = 256) -> None:
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            follow_redirects=False,
+    def __init__(
+        self,
+        max_connections: int = 256,
+        *,
+        upstreams: Registry | None = None,
+        resolve: Resolver = system_resolve,
+    ) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._upstreams = upstreams
+        # The operator's upstreams: the URLs it registered (private ones included).
+        self._client = httpx.AsyncClient(limits=limits, follow_redirects=False)
+        # Tenants' URLs: public addresses only, checked at each connect; no proxy from the
+        # environment (it would connect for us, unchecked), no redirects.
+        self.tenant_network = GuardedNetworkBackend(resolve)
+        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        transport._pool = httpcore.AsyncConnectionPool(  # noqa: SLF001 - httpx has no hook
+            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            network_backend=self.tenant_network,
+        )
+        self._tenant = httpx.AsyncClient(
+            transport=transport, follow_redirects=False, trust_env=False
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._tenant.aclose()
+
+    def target(self, backend: dict[str, Any]) -> UpstreamTarget:
+        return (self._upstreams or registry()).target(backend)
+
+    def _http(self, target: UpstreamTarget) -> httpx.AsyncClient:
+        return self._tenant if target.guarded else self._client
 
     async def generate(
         self,
@@ -155,7 +161,7 @@ class UpstreamClient:
         sampling: dict[str, Any],
         request_id: str,
     ) -> Generation:
-        target = UpstreamTarget.from_config(backend)
+        target = self.target(backend)
         started = time.perf_counter()
         resp = await self._post(target, _body(target, messages, sampling, False), request_id)
         try:
@@ -172,7 +178,7 @@ class UpstreamClient:
         request_id: str,
     ) -> AsyncIterator[StreamDelta]:
         """Deltas from the upstream's SSE stream; counts from its usage chunk when sent."""
-        target = UpstreamTarget.from_config(backend)
+        target = self.target(backend)
         body = _body(target, messages, sampling, True)
         async with self._open_stream(target, body, request_id) as resp:
             prompt_tokens = completion_tokens = 0
@@ -205,7 +211,7 @@ class UpstreamClient:
         headers = {**target.headers(), "X-Request-Id": request_id}
 
         async def send(timeout: float) -> tuple[httpx.Response, Any]:
-            resp = await self._client.post(
+            resp = await self._http(target).post(
                 target.completions_url, json=body, headers=headers, timeout=timeout
             )
             return resp, None
@@ -222,7 +228,7 @@ class UpstreamClient:
         headers = {**target.headers(), "X-Request-Id": request_id}
 
         async def send(timeout: float) -> tuple[httpx.Response, Any]:
-            cm = self._client.stream(
+            cm = self._http(target).stream(
                 "POST", target.completions_url, json=body, headers=headers, timeout=timeout
             )
             resp = await cm.__aenter__()
@@ -254,14 +260,17 @@ async def _with_retries(
         except httpx.TimeoutException:
             break
         except httpx.HTTPError as exc:
+            if isinstance(exc.__cause__, AddressRefused):
+                raise BadRequest(f"config.backend.base_url: {exc}") from exc
             failure: Exception = BadGateway(
-                f"upstream model unreachable at {target.base_url}: {type(exc).__name__}"
+                f"upstream {target.label} unreachable: {type(exc).__name__}"
             )
         else:
             if resp.status_code not in RETRY_STATUSES:
-                _raise_for(resp)
+                if resp.status_code >= 400:
+                    raise _error_for(target, resp, request_id)
                 return resp, handle
-            failure = _error_for(resp)
+            failure = _error_for(target, resp, request_id)
         pause = _backoff_s(attempt, resp)
         if attempt == target.max_retries or time.monotonic() + pause >= deadline:
             raise failure
@@ -299,5 +308,6 @@ def _json_chunk(line: str) -> dict[str, Any]:
     if "error" in chunk:
         err = chunk["error"]
         msg = err.get("message") if isinstance(err, dict) else str(err)
-        raise BadGateway(f"upstream model failed mid-stream: {str(msg)[:MAX_ERROR_CHARS]}")
+        log.warning("upstream failed mid-stream: %s", redact(str(msg)[:MAX_ERROR_CHARS]))
+        raise BadGateway("upstream model failed mid-stream")
     return chunk

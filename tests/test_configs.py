@@ -52,3 +52,10 @@ def test_stateless_deployments_autoscale_and_stateful_ones_stay_single(name: str
         assert "num_replicas" not in deps[dep]
     for dep in ("MetricsWriter", "RateLimiter"):
         assert deps[dep]["num_replicas"] == 1 and "autoscaling_config" not in deps[dep]
+
+
+def test_the_upstreams_example_loads_as_the_registry_reads_it() -> None:
+    from serve_app.upstream_registry import load
+
+    ups = load(CONFIGS / "upstreams.example.yaml")
+    assert ups["local-vllm"].models == ["tiny"] and ups["local-vllm"].api_key_env

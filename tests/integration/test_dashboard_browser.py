@@ -116,14 +116,15 @@ def test_console_compares_native_and_wrapped_agents(graph: Graph, browser, fault
     page.fill("#api-key", key)
     page.click("#sign-in")
     page.wait_for_selector("#app:not([hidden])")
-    assert page.is_hidden("#new-base-url")
+    assert page.is_hidden("#new-upstream")
 
     for name, backend in (("Native One", "native"), ("Wrapped One", "openai")):
         page.fill("#new-name", name)
         page.fill("#new-max-tokens", "24")
         page.select_option("#new-backend", backend)
         if backend == "openai":
-            page.fill("#new-base-url", faulty_upstream.base_url)
+            page.wait_for_selector("#upstream-names option[value='faulty']", state="attached")
+            page.fill("#new-upstream", "faulty")
             page.fill("#new-upstream-model", "echo")
         page.click("#create-agent")
         page.wait_for_selector(f".card:has-text('{name}')")

@@ -28,8 +28,9 @@ def _error(resp: httpx.Response, status: int) -> dict:
     return body["error"]
 
 
-def _wrapped(base_url: str, model: str, **extra) -> dict:
-    return {"type": "openai", "base_url": base_url, "model": model, **extra}
+def _wrapped(upstream: str, model: str, **extra) -> dict:
+    """A backend naming an upstream the operator registered (tests/conftest.py)."""
+    return {"type": "openai", "upstream": upstream, "model": model, **extra}
 
 
 def _create(c: httpx.Client, name: str, backend: dict, **config) -> str:
@@ -39,13 +40,15 @@ def _create(c: httpx.Client, name: str, backend: dict, **config) -> str:
 
 @pytest.fixture(scope="module")
 def wrapped_id(graph: Graph, alice: str, vllm_upstream) -> str:
-    backend = _wrapped(vllm_upstream.base_url, vllm_upstream.model, api_key_env=UPSTREAM_KEY_ENV)
+    backend = _wrapped("vllm", vllm_upstream.model)
     with graph.client(alice) as c:
         return _create(c, "Wrapped vLLM", backend, system_prompt="You are a support agent.")
 
 
-def test_create_echoes_the_backend_but_never_the_key(graph: Graph, alice: str, vllm_upstream):
-    backend = _wrapped(vllm_upstream.base_url, vllm_upstream.model, api_key_env=UPSTREAM_KEY_ENV)
+def test_create_echoes_the_backend_but_never_the_key_or_url(
+    graph: Graph, alice: str, vllm_upstream
+) -> None:
+    backend = _wrapped("vllm", vllm_upstream.model)
     with graph.client(alice) as c:
         resp = c.post(
             "/native-llm/agent/create", json={"config": {"name": "W", "backend": backend}}
@@ -53,33 +56,35 @@ def test_create_echoes_the_backend_but_never_the_key(graph: Graph, alice: str, v
         data = _data(resp)
         assert data["model_type"] == "wrapped_llm"
         assert data["config"]["governance_level"] == "wrapped"
-        assert data["config"]["backend"]["api_key_env"] == UPSTREAM_KEY_ENV
+        assert data["config"]["backend"]["upstream"] == "vllm"
         fetched = c.get(f"/native-llm/agent/{data['agent_id']}")
+        listed = _data(c.get("/native-llm/upstreams"))
+    assert {"name": "vllm", "models": [vllm_upstream.model]} in listed["upstreams"]
+    assert listed["tenant_urls"] is False
     key = os.environ[UPSTREAM_KEY_ENV]
-    assert key not in resp.text and key not in fetched.text
+    for text in (resp.text, fetched.text, str(listed)):
+        assert key not in text and UPSTREAM_KEY_ENV not in text
+        assert vllm_upstream.base_url not in text  # the operator's address stays on the server
 
 
 def test_create_refuses_unusable_backends(graph: Graph, alice: str) -> None:
+    def create(backend: dict, status: int) -> str:
+        body = {"config": {"name": "x", "backend": backend}}
+        return _error(c.post("/native-llm/agent/create", json=body), status)["message"]
+
+    graph.register_upstream(
+        "keyless", base_url="http://127.0.0.1:9/v1", api_key_env="UPSTREAM_NOT_SET_ANYWHERE"
+    )
     with graph.client(alice) as c:
-        unset = _wrapped("http://127.0.0.1:9/v1", "m", api_key_env="UPSTREAM_NOT_SET_ANYWHERE")
-        err = _error(
-            c.post("/native-llm/agent/create", json={"config": {"name": "x", "backend": unset}}),
-            400,
-        )
-        assert "UPSTREAM_NOT_SET_ANYWHERE is not set" in err["message"]
-        forbidden = _wrapped("http://127.0.0.1:9/v1", "m", api_key_env="DATABASE_URL")
-        err = _error(
-            c.post(
-                "/native-llm/agent/create", json={"config": {"name": "x", "backend": forbidden}}
-            ),
-            422,
-        )
-        assert "not an allowed key variable" in err["message"]
-        bad_url = _wrapped("file:///etc/passwd", "m")
-        _error(
-            c.post("/native-llm/agent/create", json={"config": {"name": "x", "backend": bad_url}}),
-            422,
-        )
+        # The operator's key variable is not set: 503, and the variable is not named.
+        message = create(_wrapped("keyless", "m"), 503)
+        assert "its key is not set" in message and "UPSTREAM_NOT_SET" not in message
+        assert "no upstream 'nope' is registered" in create(_wrapped("nope", "m"), 422)
+        # A tenant names no key variable and no URL (ad-hoc URLs are off by default).
+        create(_wrapped("keyless", "m", api_key_env="DATABASE_URL"), 422)
+        url = {"type": "openai", "base_url": "http://169.254.169.254/latest", "model": "m"}
+        assert "does not call URLs that agents name" in create(url, 422)
+        create({"type": "openai", "model": "m"}, 422)  # neither
 
 
 def test_wrapped_chat_is_answered_by_the_upstream_and_governed(
@@ -134,14 +139,12 @@ def test_upstream_output_is_screened_before_the_client(
 ) -> None:
     with graph.client(alice) as c:
         redacting = _create(  # threshold 0: redaction alone decides, not the trust score
-            c, "W-pii", _wrapped(faulty_upstream.base_url, "pii"), trust_threshold=0.0
+            c, "W-pii", _wrapped("faulty", "pii"), trust_threshold=0.0
         )
         data = _data(c.post(f"/native-llm/agent/{redacting}/chat", json={"message": "Who?"}))
         assert "jane.doe@example.com" not in data["response"]
         assert "[REDACTED:EMAIL]" in data["response"]
-        strict = _create(
-            c, "W-pii-strict", _wrapped(faulty_upstream.base_url, "pii"), compliance_mode="strict"
-        )
+        strict = _create(c, "W-pii-strict", _wrapped("faulty", "pii"), compliance_mode="strict")
         data = _data(c.post(f"/native-llm/agent/{strict}/chat", json={"message": "Who?"}))
         assert data["governance_metrics"]["action"] == "block"
         assert "example.com" not in data["response"]
@@ -173,10 +176,11 @@ def test_upstream_failures_are_clear_errors_and_still_recorded(
     graph: Graph, alice: str, faulty_upstream, model: str, extra: dict, status: int
 ) -> None:
     with graph.client(alice) as c:
-        agent = _create(c, f"W-{model}", _wrapped(faulty_upstream.base_url, model, **extra))
+        agent = _create(c, f"W-{model}", _wrapped("faulty", model, **extra))
         err = _error(c.post(f"/native-llm/agent/{agent}/chat", json={"message": "Hello"}), status)
         assert err["code"] in {"upstream_error", "timeout", "bad_request"}
         assert "Traceback" not in err["message"]
+        assert "maximum context length" not in err["message"]  # the upstream's body: log only
         metrics = _data(c.get(f"/native-llm/agent/{agent}/metrics"))["real_time_metrics"]
     expected_rows = 1 if status >= 500 else 0  # client faults are not interactions
     assert metrics["total_interactions"] == expected_rows
@@ -185,10 +189,11 @@ def test_upstream_failures_are_clear_errors_and_still_recorded(
 def test_unreachable_upstream_is_502(graph: Graph, alice: str) -> None:
     from serve_app.launcher import free_port
 
+    graph.register_upstream("dead", base_url=f"http://127.0.0.1:{free_port()}/v1")
     with graph.client(alice) as c:
-        dead = _create(c, "W-dead", _wrapped(f"http://127.0.0.1:{free_port()}/v1", "m"))
+        dead = _create(c, "W-dead", _wrapped("dead", "m"))
         err = _error(c.post(f"/native-llm/agent/{dead}/chat", json={"message": "Hello"}), 502)
-        assert "unreachable" in err["message"]
+        assert err["message"].startswith("upstream dead unreachable")
 
 
 def test_deploy_patch_and_comparison(
@@ -207,9 +212,7 @@ def test_deploy_patch_and_comparison(
         ]
         assert codes[:2] == [200, 200] and codes[2] == 429  # the deployment's limit holds
         native = _create(c, "N->W", {"type": "native"})
-        backend = _wrapped(
-            vllm_upstream.base_url, vllm_upstream.model, api_key_env=UPSTREAM_KEY_ENV
-        )
+        backend = _wrapped("vllm", vllm_upstream.model)
         patched = _data(
             c.patch(f"/native-llm/agent/{native}", json={"config": {"backend": backend}})
         )

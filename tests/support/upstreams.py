@@ -14,6 +14,8 @@ it stands in for a third party's upstream when that upstream fails. The requeste
     stall-stream    streams one chunk, then stalls for 30 s
     leak            echoes the Authorization header it received (to test what we send)
     pii             answers with an e-mail address and a phone number (output screening)
+    talkative       500 whose error body holds internals (a host, a key, another tenant's text)
+    redirect        307 to its own echo (a client that follows redirects would succeed)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from serve_app.launcher import free_port
 
+TALKATIVE_ERROR = (
+    "db 10.0.3.7:5432 refused user svc_llm; last prompt from tenant bob: 'my card is "
+    "4111 1111 1111 1111'; key sk-live-51Hcafe"
+)
 PII_ANSWER = "Our support lead is jane.doe@example.com and you can call her at +1 415 555 0132."
 
 
@@ -117,6 +123,11 @@ def start_faulty_upstream() -> FaultyUpstream:
                 {"error": {"message": "This model's maximum context length is 16 tokens"}},
                 status_code=400,
             )
+        if model == "talkative":
+            return JSONResponse({"error": {"message": TALKATIVE_ERROR}}, status_code=500)
+        if model == "redirect" and not request.query_params.get("followed"):
+            where = str(request.url.include_query_params(followed="1"))
+            return JSONResponse({}, status_code=307, headers={"Location": where})
         if model == "leak":
             text = "auth=" + request.headers.get("authorization", "none")
         elif model == "pii":

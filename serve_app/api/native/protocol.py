@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class NativeBackend(BaseModel):
@@ -18,41 +17,35 @@ class NativeBackend(BaseModel):
 class OpenAIBackend(BaseModel):
     """An upstream OpenAI-compatible chat API that the agent wraps.
 
-    `api_key_env` names an environment variable on the server holding the key; the key
-    itself is never sent to, stored by or returned from this API.
+    `upstream` names one the operator registered (serve_app/upstream_registry.py): its
+    URL and key stay on the server. `base_url`, an ad-hoc URL of the tenant's, only where
+    the operator allows it (public https addresses, no key). The agent may ask for less
+    time or fewer retries than the registration gives, never more.
     """
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["openai"]
-    base_url: str = Field(min_length=1, max_length=500, examples=["http://127.0.0.1:8000/v1"])
+    upstream: str | None = Field(default=None, min_length=1, max_length=64, examples=["local-vllm"])
+    base_url: str | None = Field(default=None, min_length=1, max_length=500)
     model: str = Field(min_length=1, max_length=200)
-    api_key_env: str | None = Field(default=None, min_length=1, max_length=128)
-    timeout_s: float = Field(default=60.0, gt=0, le=600)
-    max_retries: int = Field(default=2, ge=0, le=5)
-    # The upstream model's context window in tokens, when known (bounds max_tokens).
+    timeout_s: float | None = Field(default=None, gt=0, le=600)
+    max_retries: int | None = Field(default=None, ge=0, le=5)
+    # The upstream model's context window in tokens, when known (bounds max_tokens; a
+    # registered upstream's own window wins when smaller).
     context_window: int | None = Field(default=None, gt=0)
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be an http(s) URL such as https://host/v1")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError("base_url must not carry credentials, a query or a fragment")
-        return url.rstrip("/")
+    @model_validator(mode="after")
+    def _registered_or_allowed(self) -> OpenAIBackend:
+        from serve_app.errors import BadRequest
+        from serve_app.upstream_registry import registry
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _allowed_variable(cls, name: str | None) -> str | None:
-        from serve_app.settings import upstream_key_env_allowed
-
-        if name is not None and not upstream_key_env_allowed(name):
-            raise ValueError(
-                f"{name} is not an allowed key variable: use UPSTREAM_* or *_API_KEY "
-                "(PROMETHIOS_UPSTREAM_KEY_ENV_PATTERN)"
-            )
-        return name
+        if (self.upstream is None) == (self.base_url is None):
+            raise ValueError("name exactly one of upstream (registered) or base_url")
+        try:
+            registry().target(self.model_dump())
+        except BadRequest as exc:  # an invalid operator file stays a 503, not the tenant's fault
+            raise ValueError(exc.message) from exc
+        return self
 
 
 AgentBackend = Annotated[NativeBackend | OpenAIBackend, Field(discriminator="type")]

@@ -12,7 +12,9 @@ from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest, CreateAgentRequest, DeployRequest
 from serve_app.api.native.service import NativeLLMService
 from serve_app.errors import success_envelope
+from serve_app.settings import get_settings
 from serve_app.store.records import AgentRecord, DeploymentRecord
+from serve_app.upstream_registry import registry
 
 router = APIRouter()
 UserIdQuery = Annotated[str | None, Query()]
@@ -26,6 +28,16 @@ def _service(services: ServicesDep) -> NativeLLMService:
 @router.get("/native-llm/model/info")
 async def model_info(user: CurrentUser, services: ServicesDep) -> dict:
     return success_envelope(await _service(services).model_info())
+
+
+@router.get("/native-llm/upstreams")
+async def upstreams(user: CurrentUser) -> dict:
+    """The upstreams a wrapped agent may name, and their models (never URLs or keys)."""
+    entries = registry().entries()
+    listed = [{"name": n, "models": e.models} for n, e in sorted(entries.items())]
+    return success_envelope(
+        {"upstreams": listed, "tenant_urls": get_settings().tenant_upstream_urls}
+    )
 
 
 @router.post("/native-llm/agent/create")

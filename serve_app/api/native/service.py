@@ -6,14 +6,18 @@ import asyncio
 import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
 
 from serve_app.api.deps import Services
-from serve_app.api.native.protocol import AgentConfig, ChatRequest
+from serve_app.api.native.protocol import AgentConfig, ChatRequest, OpenAIBackend
 from serve_app.conversations import budget_chars, history_within, turns_of
 from serve_app.errors import BadRequest, Gone, NotFound, PayloadTooLarge
 from serve_app.governed_chat import ChatResult, GovernedChat, agent_kind, upstream_of
-from serve_app.settings import upstream_api_key
+from serve_app.netguard import AddressRefused, checked_addresses
 from serve_app.store.records import AgentRecord, AgentStats, DeploymentRecord
+from serve_app.upstream_registry import registry
 
 RECENT_WINDOW = timedelta(minutes=15)
 # History budget for a wrapped model whose context window the agent does not state.
@@ -75,7 +79,7 @@ class NativeLLMService:
         """The agent's model context window in tokens (None: a wrapped model's is unknown)."""
         backend = config.get("backend") or {}
         if backend.get("type") == "openai":
-            return backend.get("context_window")
+            return registry().target(backend).context_window
         return int((await self.s.backends.model_info())["max_model_len"])
 
     async def check_max_tokens(
@@ -88,14 +92,23 @@ class NativeLLMService:
         return limit
 
     async def check_config(self, config: AgentConfig) -> None:
-        """What the schema cannot check: the token budget and the upstream key variable."""
+        """What the schema cannot check: the token budget, the registered upstream's key,
+        and where a tenant URL's host resolves now (checked again at every connect)."""
         await self.check_max_tokens(config.model_dump(), config.max_tokens, "config.max_tokens")
-        env = getattr(config.backend, "api_key_env", None)
-        if env and not upstream_api_key(env):
-            raise BadRequest(
-                f"config.backend.api_key_env: the variable {env} is not set where the "
-                "application runs; set it there (the key itself is never sent to this API)"
-            )
+        if isinstance(config.backend, OpenAIBackend):
+            target = registry().target(config.backend.model_dump())
+            target.headers()  # 503 when the operator's key variable is not set
+            if target.guarded:
+                parts = urlsplit(target.base_url)
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                try:
+                    await asyncio.wait_for(checked_addresses(parts.hostname or "", port), 5.0)
+                except AddressRefused as exc:
+                    raise BadRequest(f"config.backend.base_url: {exc}") from exc
+                except (httpcore.ConnectError, TimeoutError) as exc:
+                    raise BadRequest(
+                        f"config.backend.base_url: {parts.hostname} does not resolve"
+                    ) from exc
 
     async def create_agent(self, user: str, config: AgentConfig) -> dict[str, Any]:
         await self.check_config(config)

@@ -44,6 +44,19 @@ async function signIn(key) {
   renderCards(data.agents);
   if (data.agents.length && !state.selected) selectAgent(data.agents[0].agent_id);
   refreshComparison().catch(() => {});
+  loadUpstreams().catch(() => {});
+}
+
+// The upstreams the operator registered, offered as the wrapped model's choices.
+async function loadUpstreams() {
+  const data = await api("GET", "/native-llm/upstreams");
+  const list = $("upstream-names");
+  list.replaceChildren(...data.upstreams.map((u) => {
+    const o = document.createElement("option");
+    o.value = u.name;
+    o.label = u.models ? u.models.join(", ") : "any model";
+    return o;
+  }));
 }
 
 function signOut() {
@@ -110,8 +123,7 @@ async function createAgent(ev) {
   };
   if ($("new-system-prompt").value) config.system_prompt = $("new-system-prompt").value;
   if ($("new-backend").value === "openai") {
-    config.backend = { type: "openai", base_url: $("new-base-url").value, model: $("new-upstream-model").value };
-    if ($("new-key-env").value) config.backend.api_key_env = $("new-key-env").value;
+    config.backend = { type: "openai", upstream: $("new-upstream").value, model: $("new-upstream-model").value };
   }
   try {
     const agent = await api("POST", "/native-llm/agent/create", { config });
