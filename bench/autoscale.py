@@ -58,6 +58,8 @@ SERVE_ENV = {
     # One bench key sends all the load: lift the per-key limits so no request is a 429.
     "PROMETHIOS_KEY_REQUESTS_PER_MINUTE": "10000000",
     "PROMETHIOS_KEY_TOKENS_PER_MINUTE": "1000000000",
+    "PROMETHIOS_USER_REQUESTS_PER_MINUTE": "10000000",
+    "PROMETHIOS_USER_TOKENS_PER_MINUTE": "1000000000",
 }
 
 

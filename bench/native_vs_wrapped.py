@@ -177,6 +177,8 @@ def main() -> int:
     # The bench measures capacity, not the per-key limits (their defaults would cut it off).
     os.environ.setdefault("PROMETHIOS_KEY_REQUESTS_PER_MINUTE", "1000000")
     os.environ.setdefault("PROMETHIOS_KEY_TOKENS_PER_MINUTE", "100000000")
+    os.environ.setdefault("PROMETHIOS_USER_REQUESTS_PER_MINUTE", "1000000")
+    os.environ.setdefault("PROMETHIOS_USER_TOKENS_PER_MINUTE", "100000000")
     model_dir = ensure_default_model()
     work = Path(tempfile.mkdtemp(prefix="promethios-nvw-"))
     prompts = pick_prompts(args.per_label)

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import statistics
 import sys
 import tempfile
@@ -170,10 +171,14 @@ def main() -> int:
             else bench_peer(model_dir, args.max_tokens, args.duration, work / "vllm.log")
         )
         print("graph: starting serve run", flush=True)
-        graph = start_graph(work, pg_url, args={"bench_routes": True})
+        admin = "admin-" + secrets.token_hex(16)  # the bench routes need the operator's key
+        graph = start_graph(
+            work, pg_url, args={"bench_routes": True}, env={"PROMETHIOS_ADMIN_KEY": admin}
+        )
         try:
             key = create_user_key(pg_url, "bench")
             headers = {"Authorization": f"Bearer {key}"}
+            bench_headers = {**headers, "X-Admin-Key": admin}
             agent = create_agent(
                 graph.base_url,
                 key,
@@ -202,14 +207,14 @@ def main() -> int:
             print("ungoverned (bench-only route)", flush=True)
             ungoverned = run_levels(
                 f"{graph.base_url}/bench/ungoverned/{agent}/chat",
-                headers,
+                bench_headers,
                 body,
                 toks,
                 args.duration,
             )
             writer = httpx.post(
                 f"{graph.base_url}/bench/writer",
-                headers=headers,
+                headers=bench_headers,
                 timeout=300,
                 params={"n": args.writer_records},
             ).json()["data"]

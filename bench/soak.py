@@ -160,6 +160,8 @@ def main() -> int:
     # The soak measures the graph, not the per-key limits (600 requests/min by default).
     os.environ.setdefault("PROMETHIOS_KEY_REQUESTS_PER_MINUTE", "1000000")
     os.environ.setdefault("PROMETHIOS_KEY_TOKENS_PER_MINUTE", "1000000000")
+    os.environ.setdefault("PROMETHIOS_USER_REQUESTS_PER_MINUTE", "1000000")
+    os.environ.setdefault("PROMETHIOS_USER_TOKENS_PER_MINUTE", "1000000000")
     ensure_default_model()
     work = Path(tempfile.mkdtemp(prefix="promethios-soak-"))
     pg_stop = None

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     key_tokens_per_minute: int | None = Field(
         default=200_000, validation_alias="PROMETHIOS_KEY_TOKENS_PER_MINUTE"
     )
+    # Per user, over all of the user's keys: more keys do not buy more quota.
+    user_requests_per_minute: int | None = Field(
+        default=1200, validation_alias="PROMETHIOS_USER_REQUESTS_PER_MINUTE"
+    )
+    user_tokens_per_minute: int | None = Field(
+        default=400_000, validation_alias="PROMETHIOS_USER_TOKENS_PER_MINUTE"
+    )
+    # How long an ingress replica trusts a key it looked up: a revoked key stops working
+    # on every replica within this time.
+    key_cache_s: float = Field(default=1.0, ge=0, le=60, validation_alias="PROMETHIOS_KEY_CACHE_S")
+    # The operator's admin key: required by the bench-only routes (off without it).
+    admin_key: str | None = Field(default=None, validation_alias="PROMETHIOS_ADMIN_KEY")
     stream_check_every: int = Field(default=24, validation_alias="PROMETHIOS_STREAM_CHECK_CHARS")
     stream_hold_back: int = Field(default=32, validation_alias="PROMETHIOS_STREAM_HOLD_BACK_CHARS")
     api_url: str = Field(default="http://127.0.0.1:8002", validation_alias="PROMETHIOS_API_URL")

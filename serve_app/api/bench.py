@@ -1,14 +1,20 @@
-"""Bench-only routes, enabled by the application arg `bench_routes: true` (404 otherwise).
+"""Bench-only routes: not an API. Off (404) unless the application arg `bench_routes: true`
+is set (only `bench/run.py` sets it; `configs/` and the RayService never do), and even
+then each call needs the operator's admin key (`PROMETHIOS_ADMIN_KEY`, sent as
+`X-Admin-Key`) beside a user's key: 403 otherwise.
 
 POST /bench/ungoverned/{agent_id}/chat   the same exchange with no governance scoring
                                          (still authenticated, rate-limited and recorded),
                                          so `make bench` can state governance's overhead
 POST /bench/writer?n=N                   push N synthetic records through the metrics
-                                         writer and flush: its sustained insert rate
+                                         writer, one batch at a time, each flushed before
+                                         the next: its sustained insert rate, without a
+                                         backlog that other tenants' records wait behind
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from typing import Annotated
@@ -18,27 +24,31 @@ from fastapi import APIRouter, Query, Request
 from serve_app.api.deps import CurrentUser, ServicesDep
 from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest
-from serve_app.errors import NotFound, success_envelope
+from serve_app.errors import Forbidden, NotFound, success_envelope
 from serve_app.store.records import InteractionRecord
 
 router = APIRouter(prefix="/bench")
 
 
-def _require_enabled(services: ServicesDep) -> None:
+def _require_enabled(services: ServicesDep, request: Request) -> None:
     if not services.bench_enabled:
         raise NotFound("bench routes are disabled (application arg bench_routes)")
+    admin = services.settings.admin_key
+    given = request.headers.get("x-admin-key", "")
+    if not admin or not hmac.compare_digest(given.encode(), admin.encode()):
+        raise Forbidden("bench routes need the operator's admin key (X-Admin-Key)")
 
 
 @router.post("/ungoverned/{agent_id}/chat")
 async def ungoverned_chat(
     agent_id: str, body: ChatRequest, request: Request, user: CurrentUser, services: ServicesDep
 ) -> dict:
-    _require_enabled(services)
+    _require_enabled(services, request)
     from serve_app.api.native.router import _service
 
     svc = _service(services)
     agent = await svc.get_agent(agent_id, user)
-    admission = await admit(services, request, None)  # rate limits are not governance
+    admission = await admit(services, request, None, user)  # rate limits are not governance
     started = time.perf_counter()
     message_id = f"msg-{uuid.uuid4().hex[:16]}"
     gen = await services.backends.generate(
@@ -79,12 +89,13 @@ async def ungoverned_chat(
 
 @router.post("/writer")
 async def writer_throughput(
+    request: Request,
     user: CurrentUser,
     services: ServicesDep,
-    n: Annotated[int, Query(gt=0, le=200_000)] = 20_000,
-    batch: Annotated[int, Query(gt=0, le=10_000)] = 1000,
+    n: Annotated[int, Query(gt=0, le=100_000)] = 20_000,
+    batch: Annotated[int, Query(gt=0, le=2_000)] = 1000,
 ) -> dict:
-    _require_enabled(services)
+    _require_enabled(services, request)
     agent_id = f"bench-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     for offset in range(0, n, batch):
@@ -103,7 +114,9 @@ async def writer_throughput(
             for i in range(offset, min(n, offset + batch))
         ]
         await services.backends.record(records)
-    await services.backends.flush()
+        # Written before the next batch: the writer never holds more than one batch of
+        # bench records ahead of other tenants' records (nor fills the spool's bound).
+        await services.backends.flush()
     elapsed = time.perf_counter() - started
     return success_envelope(
         {"records": n, "seconds": round(elapsed, 4), "records_per_s": round(n / elapsed, 1)}

@@ -51,14 +51,15 @@ class Services:
         return svc
 
     async def user_for_key(self, key: str) -> str | None:
-        """The user a key belongs to (cached for 10 s to keep the DB off the hot path).
+        """The user a key belongs to, cached for `key_cache_s` (1 s by default) to keep the
+        database off the hot path: a revoked key stops working on every replica within it.
 
         The cache holds the key's sha256 digest, never the key itself.
         """
         digest = hash_api_key(key)
         hit = self._key_cache.get(digest)
         now = time.monotonic()
-        if hit and now - hit[1] < 10.0:
+        if hit and now - hit[1] < self.settings.key_cache_s:
             return hit[0]
         user = await asyncio.to_thread(self.store.user_for_api_key, key)
         if user is not None:

@@ -7,6 +7,7 @@ The buckets live in one place (the RateLimiter deployment, or an in-process
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,11 @@ class RateLimits:
         key_limit: Limit,
         timeout_s: float = 5.0,
         flush_after_s: float = 0.25,
+        user_limit: Limit | None = None,
     ):
         self._acquire, self._charge_many = acquire, charge_many
         self.key_limit = key_limit
+        self.user_limit = user_limit or Limit(None, None)
         self.timeout_s = timeout_s
         self.flush_after_s = flush_after_s
         self._pending: Charges = {}
@@ -71,10 +74,12 @@ class RateLimits:
         async def charge_many(charges: Charges) -> None:
             await handle.charge_many.remote(charges)
 
-        return cls(acquire, charge_many, _key_limit(settings))
+        return cls(acquire, charge_many, _key_limit(settings), user_limit=_user_limit(settings))
 
     @classmethod
-    def local(cls, limiter: RateLimiter, key_limit: Limit) -> RateLimits:
+    def local(
+        cls, limiter: RateLimiter, key_limit: Limit, user_limit: Limit | None = None
+    ) -> RateLimits:
         """In-process (tests, tools without Ray)."""
 
         async def acquire(scopes: dict[str, Limit], charges: Charges) -> Decision:
@@ -83,7 +88,7 @@ class RateLimits:
         async def charge_many(charges: Charges) -> None:
             limiter.charge_many(charges)
 
-        return cls(acquire, charge_many, key_limit)
+        return cls(acquire, charge_many, key_limit, user_limit=user_limit)
 
     def _take_pending(self) -> Charges:
         pending, self._pending = self._pending, {}
@@ -98,9 +103,14 @@ class RateLimits:
         held = self._pending.get(key)
         self._pending[key] = (lim, tokens + (held[1] if held else 0))
 
-    async def admit(self, api_key: str, deployment: DeploymentRecord | None) -> Admission:
-        """Take one request from each scope; raises RateLimited (429) when any is empty."""
+    async def admit(
+        self, api_key: str, deployment: DeploymentRecord | None, user: str | None = None
+    ) -> Admission:
+        """Take one request from each scope (the key, its user over all their keys, the
+        deployment); raises RateLimited (429) when any is empty."""
         scopes = {f"key:{hash_api_key(api_key)[:24]}": self.key_limit}
+        if user is not None and not self.user_limit.unlimited:
+            scopes[f"user:{hashlib.sha256(user.encode()).hexdigest()[:24]}"] = self.user_limit
         if deployment is not None:
             scopes[f"deployment:{deployment.deployment_id}"] = deployment_limit(
                 deployment.rate_limit
@@ -115,8 +125,9 @@ class RateLimits:
             raise ServiceUnavailable(f"rate limiter unavailable: {type(exc).__name__}") from exc
         if not decision.allowed:
             which = (decision.scope or "").split(":")[0] or "request"
+            what = {"key": "API key", "user": "user (all their keys)"}.get(which, which)
             raise RateLimited(
-                f"rate limit exceeded for this {'API key' if which == 'key' else which}; "
+                f"rate limit exceeded for this {what}; "
                 f"retry after {decision.headers()['retry-after']} s",
                 headers=decision.headers(),
             )
@@ -155,19 +166,25 @@ def _key_limit(settings: Settings) -> Limit:
     return Limit(settings.key_requests_per_minute, settings.key_tokens_per_minute)
 
 
+def _user_limit(settings: Settings) -> Limit:
+    return Limit(settings.user_requests_per_minute, settings.user_tokens_per_minute)
+
+
 def bearer_key(authorization: str) -> str:
     """The key of an `Authorization: Bearer <key>` header (already verified by auth)."""
     return authorization.partition(" ")[2].strip()
 
 
 async def admit(
-    services: Any, request: Any, deployment: DeploymentRecord | None
+    services: Any, request: Any, deployment: DeploymentRecord | None, user: str | None = None
 ) -> Admission | None:
-    """Admit the request under the key's (and deployment's) limits; None without a limiter."""
+    """Admit the request under the key's, the user's (and deployment's) limits; None without
+    a limiter."""
     limits: RateLimits | None = getattr(services, "limiter", None)
     if limits is None:
         return None
-    return await limits.admit(bearer_key(request.headers.get("authorization", "")), deployment)
+    key = bearer_key(request.headers.get("authorization", ""))
+    return await limits.admit(key, deployment, user)
 
 
 def settler(services: Any) -> Any:

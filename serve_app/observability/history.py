@@ -228,8 +228,24 @@ def row_dict(r: Row) -> dict[str, Any]:
     }
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with a formula character (`=`,
+    `+`, `-`, `@`, tab, CR, LF) gets a leading `'`. Numbers stay numbers. A chat message
+    is user text, and the report is opened by someone else (OWASP: CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def report_csv(rows: list[Row]) -> str:
-    """One CSV line per interaction; violations as `policy/category/severity/action/direction`."""
+    """One CSV line per interaction; violations as `policy/category/severity/action/direction`.
+    Text cells are neutralised against formula injection (`csv_safe`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
@@ -242,7 +258,7 @@ def report_csv(rows: list[Row]) -> str:
             )
             for v in r.violations
         )
-        writer.writerow(d)
+        writer.writerow({k: csv_safe(v) for k, v in d.items()})
     return out.getvalue()
 
 

@@ -48,13 +48,21 @@ def build_engine(database_url: str, create_dirs: bool) -> tuple[Engine, Path | N
     url = make_url(database_url)
     backend = url.get_backend_name()
     if backend == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10), None
+        # hide_parameters: a statement's bound values (a user's message, a key digest) never
+        # appear in an error's text, wherever that text ends up.
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+        )
+        return engine, None
     if backend != "sqlite":
         raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
 
     database = url.database or ""
     in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": 30},
+        "hide_parameters": True,
+    }
     db_path: Path | None = None
     if in_memory:
         # One shared connection, or each pooled connection would see its own empty DB.

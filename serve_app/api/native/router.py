@@ -66,9 +66,11 @@ async def _limited_chat(
     agent: AgentRecord,
     body: ChatRequest,
     deployment: DeploymentRecord | None,
+    user: str,
 ) -> dict:
-    """A governed chat under the key's (and deployment's) rate limits, limit headers set."""
-    admission = await admit(services, request, deployment)
+    """A governed chat under the key's, the user's (and deployment's) rate limits, limit
+    headers set."""
+    admission = await admit(services, request, deployment, user)
     data = await _service(services).chat(agent, body, deployment)
     await settler(services)(admission, data["usage"]["total_tokens"])
     if admission is not None:
@@ -88,7 +90,7 @@ async def chat(
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent = await svc.get_agent(agent_id, user)
-    return await _limited_chat(services, request, response, agent, body, None)
+    return await _limited_chat(services, request, response, agent, body, None, user)
 
 
 @router.get("/native-llm/agent/{agent_id}/scorecard")
@@ -144,4 +146,4 @@ async def production_chat(
     require_same_user(body.user_id, user)
     svc = _service(services)
     agent, deployment = await svc.production_target(production_agent_id, user)
-    return await _limited_chat(services, request, response, agent, body, deployment)
+    return await _limited_chat(services, request, response, agent, body, deployment, user)

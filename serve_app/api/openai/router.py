@@ -36,7 +36,7 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     svc = _service(services)
     agent, dep = await svc.resolve(body.model, user)
-    admission = await admit(services, request, dep)
+    admission = await admit(services, request, dep, user)
     headers = admission.headers() if admission else {}
     settle = settler(services)
     if body.stream:
