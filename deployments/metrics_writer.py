@@ -9,7 +9,7 @@ from ray import serve
 
 from serve_app.observability.logs import configure_from_settings
 from serve_app.observability.metrics import MetricsAggregate, MetricsDelta
-from serve_app.recording import InteractionRecorder, spool_dir_for
+from serve_app.recording import InteractionRecorder, spool_dir_for, transient
 from serve_app.settings import get_settings
 from serve_app.store import Store
 from serve_app.store.records import InteractionRecord
@@ -30,7 +30,14 @@ class MetricsWriter:
         configure_from_settings("MetricsWriter")
         self.metrics = MetricsAggregate()
         self.store = Store(database_url)
-        self.store.migrate()
+        try:
+            self.store.migrate()  # the application migrated already; this is a check
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            # The database is down: stay up and spool (records are written when it is
+            # back); failing here would restart this replica in a loop and accept nothing.
+            log.warning("database unreachable at start (%s): spooling", type(exc).__name__)
         settings = get_settings()
         self.recorder = InteractionRecorder(
             self.store.insert_interactions,
@@ -67,7 +74,10 @@ class MetricsWriter:
         return self.recorder.stats()
 
     def check_health(self) -> None:
-        self.store.ping()
+        """Healthy while it can accept records. A database outage is not a reason to
+        restart the writer (it spools; `stats()` and the API's /health report the outage):
+        only a dead flush loop is."""
+        self.recorder.check()
 
     def __del__(self) -> None:
         """On a clean shutdown write what is buffered now; what cannot be written stays

@@ -20,6 +20,12 @@ RAYSERVICE = REPO / "k8s" / "rayservice.yaml"
 # place its name and tag are set. RAY_VERSION is the Ray of the Dockerfile's base image.
 IMAGE = "promethios/native:0.1.0"
 RAY_VERSION = "2.60.0"
+# The metrics writer's spool (records accepted, not yet in the database): a ReadWriteMany
+# volume on every pod, so a writer that moves to another pod adopts what the dead one left
+# (segments are adopted by their owner's file lock, which works across pods on a shared
+# volume; PIDs would not). The claim is the operator's (README, "Kubernetes").
+SPOOL_DIR = "/var/spool/promethios"
+SPOOL_CLAIM = "promethios-spool"
 HEADER = (
     "# Generated from configs/gpu.yaml by `python -m serve_app.kuberay`; do not edit by hand.\n"
 )
@@ -35,9 +41,13 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict] | None = 
                 "valueFrom": {"secretKeyRef": {"name": "promethios-db", "key": "url"}},
             },
             {"name": "PROMETHIOS_NATIVE_MODEL_PATH", "value": "/models/lambda-7b"},
+            {"name": "PROMETHIOS_SPOOL_DIR", "value": SPOOL_DIR},
         ],
         "resources": resources,
-        "volumeMounts": [{"name": "models", "mountPath": "/models/lambda-7b", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models/lambda-7b", "readOnly": True},
+            {"name": "spool", "mountPath": SPOOL_DIR},
+        ],
     }
     if ports:
         c["ports"] = ports
@@ -49,7 +59,8 @@ def _pod(container: dict) -> dict:
         "spec": {
             "containers": [container],
             "volumes": [
-                {"name": "models", "persistentVolumeClaim": {"claimName": "lambda-7b-model"}}
+                {"name": "models", "persistentVolumeClaim": {"claimName": "lambda-7b-model"}},
+                {"name": "spool", "persistentVolumeClaim": {"claimName": SPOOL_CLAIM}},
             ],
         }
     }

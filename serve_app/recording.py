@@ -2,12 +2,16 @@
 
 `InteractionRecorder` is plain asyncio; the metrics-writer deployment wraps it.
 
-With a spool directory, a record is appended to a local segment file before it is
-accepted (`add` returns), and the segment is deleted only once its records are in
-the database. So an accepted record survives the writer process being killed (the
-next writer replays the segments a dead process left) and the database being
-unreachable (records wait in the buffer and the spool, and are written when it is
-back). Inserts are idempotent by message id, so a replay never doubles a row.
+With a spool directory, a record is appended to a local segment file and synced to
+disk (`fdatasync`) before it is accepted (`add` returns), and the segment is deleted
+only once its records are in the database. Each writer holds an exclusive lock on its
+own lock file for its whole life; a segment is adopted by another writer only when its
+owner's lock can be taken (the kernel releases it when the owner dies, whatever
+becomes of its PID), never by a PID check that a reused PID could fool. So an accepted
+record survives the writer process being killed (the next writer replays the segments
+a dead process left), the machine losing power, and the database being unreachable
+(records wait in the buffer and the spool, and are written when it is back). Inserts
+are idempotent by message id, so a replay never doubles a row.
 
 The backlog is bounded (`max_pending` records): during a long outage, once it is
 full the writer refuses new records with `AuditBacklogFull` (the client gets 503
@@ -18,11 +22,13 @@ and the spool cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -69,27 +75,46 @@ def _size(path: Path) -> int:
 
 
 class Spool:
-    """Append-only segment files `<pid>-<n>.jsonl` of records not yet in the database."""
+    """Append-only segment files `<owner>-<n>.jsonl` of records not yet in the database.
 
-    def __init__(self, directory: Path) -> None:
+    `<owner>` is `<pid>.<random>`; `<owner>.lock` is held (flock) while the owner lives.
+    Segments named `<pid>-<n>.jsonl` (before owner locks) are adopted when that PID is gone.
+    """
+
+    def __init__(self, directory: Path, *, sync: bool = True) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
+        self.owner = f"{self.pid}.{uuid.uuid4().hex[:12]}"
+        self.sync = sync
+        self._lock_fd = os.open(self.dir / f"{self.owner}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._seq = 0
         self._file: IO[str] | None = None
         self._path: Path | None = None
 
     def _next_path(self, tag: str = "") -> Path:
         self._seq += 1
-        return self.dir / f"{self.pid}-{tag}{self._seq:08d}.jsonl"
+        return self.dir / f"{self.owner}-{tag}{self._seq:08d}.jsonl"
+
+    def _sync_dir(self) -> None:
+        if self.sync:
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def append(self, records: list[InteractionRecord]) -> None:
-        """Write `records` to the open segment (in the OS's hands when this returns)."""
+        """Write `records` to the open segment and sync it: on disk when this returns."""
         if self._file is None:
             self._path = self._next_path()
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+            self._sync_dir()  # the new file's name survives a crash too
         self._file.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
         self._file.flush()
+        if self.sync:
+            os.fdatasync(self._file.fileno())
 
     def seal(self) -> Path | None:
         """Close the open segment (new records go to a new one); its path, or None."""
@@ -99,12 +124,36 @@ class Spool:
         path, self._file, self._path = self._path, None, None
         return path
 
+    def _owner_gone(self, owner: str) -> int | bool:
+        """Whether `owner`'s segments may be adopted: True (no lock file), an fd holding its
+        lock (the owner is dead; release it after adopting), or False (alive)."""
+        if owner.isdigit():  # a segment from before owner locks
+            return not _pid_alive(int(owner))
+        if "." not in owner:
+            return False  # not a segment (dead-letter.jsonl)
+        try:
+            fd = os.open(self.dir / f"{owner}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        return fd
+
     def adopt_orphans(self) -> list[tuple[Path, list[InteractionRecord]]]:
-        """Segments of writer processes that are gone, renamed as ours, with their records."""
+        """Segments of writer processes that are gone, renamed as ours, with their records;
+        their lock files are removed."""
         found = []
+        verdicts: dict[str, int | bool] = {}
         for path in sorted(self.dir.glob("*.jsonl")):
             owner = path.name.split("-", 1)[0]
-            if not owner.isdigit() or int(owner) == self.pid or _pid_alive(int(owner)):
+            if owner == self.owner:
+                continue
+            if owner not in verdicts:
+                verdicts[owner] = self._owner_gone(owner)
+            if verdicts[owner] is False:
                 continue
             mine = self._next_path("adopted-")
             try:
@@ -112,6 +161,16 @@ class Spool:
             except FileNotFoundError:
                 continue
             found.append((mine, self.load(mine)))
+        for lock in self.dir.glob("*.lock"):  # dead owners' locks, segments or not
+            owner = lock.name[: -len(".lock")]
+            if owner != self.owner and owner not in verdicts:
+                verdicts[owner] = self._owner_gone(owner)
+        for owner, verdict in verdicts.items():
+            if verdict is not False and verdict is not True:
+                (self.dir / f"{owner}.lock").unlink(missing_ok=True)
+                os.close(int(verdict))
+        if found:
+            self._sync_dir()
         return found
 
     @staticmethod
@@ -128,6 +187,14 @@ class Spool:
         """Keep records the store refuses in `dead-letter.jsonl` (never replayed by itself)."""
         with open(self.dir / "dead-letter.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+
+    def close(self) -> None:
+        """Close the open segment and give up the owner lock (a clean shutdown)."""
+        self.seal()
+        if self._lock_fd >= 0:
+            (self.dir / f"{self.owner}.lock").unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def usage(self) -> dict[str, int]:
         """Segments and bytes on disk now (records not yet in the database), and the
@@ -189,6 +256,12 @@ class InteractionRecorder:
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    def check(self) -> None:
+        """Raise when records can no longer be accepted: the flush loop has died."""
+        if self._task is not None and self._task.done():
+            exc = None if self._task.cancelled() else self._task.exception()
+            raise RuntimeError(f"the writer's flush loop stopped: {exc!r}")
 
     def add(self, records: list[InteractionRecord]) -> None:
         """Accept records (spooled first, when spooling); written within a flush interval.

@@ -42,3 +42,20 @@ def test_gpu_config_gives_llm_replicas_a_gpu() -> None:
     for name in ("Ingress", "LLMServer", "GovernanceScorer"):
         auto = deps[name]["autoscaling_config"]
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
+
+
+def test_every_pod_mounts_the_writers_spool_volume_and_points_the_writer_at_it() -> None:
+    """Wherever the metrics writer lands, its spool is on the persistent volume (and a
+    writer that moves adopts what the dead one left there)."""
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    cluster = doc["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for group in pods:
+        spec = group["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert mounts["spool"]["mountPath"] == env["PROMETHIOS_SPOOL_DIR"]
+        assert not mounts["spool"].get("readOnly")
+        assert volumes["spool"]["persistentVolumeClaim"]["claimName"] == "promethios-spool"
