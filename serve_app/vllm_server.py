@@ -35,7 +35,7 @@ def start_vllm_server(
     *,
     served_model_name: str = "peer",
     api_key: str | None = None,
-    max_model_len: int = 512,
+    max_model_len: int = 4096,
     max_num_seqs: int = 64,
     timeout_s: float = 300.0,
 ) -> VLLMServer:

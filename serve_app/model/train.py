@@ -42,7 +42,8 @@ class TinyModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 352
-    max_position_embeddings: int = 512
+    # RoPE: positions cost no parameters; 4,096 fits the seed's own `max_tokens: 2048` example.
+    max_position_embeddings: int = 4096
     vocab_size: int = 3072
     max_seq_len: int = 160
     batch_size: int = 16

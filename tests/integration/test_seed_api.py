@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.integration.conftest import Graph
@@ -59,7 +63,7 @@ def test_model_info_reports_the_served_model(graph: Graph, alice: str) -> None:
     assert data["dataset_count"] == dataset_count() >= 5000
     assert data["status"] == "ready"
     assert data["architecture"] == "LlamaForCausalLM"
-    assert data["max_model_len"] == 512
+    assert data["max_model_len"] == 4096
     assert "governance_compliance" in data["capabilities"]
 
 
@@ -217,3 +221,51 @@ def test_bad_input_is_a_clear_4xx(graph: Graph, alice: str, agent_id: str) -> No
         _err(c.get("/native-llm/no-such-route"), 404)
         card = _ok(c.get(f"/native-llm/agent/{agent_id}/scorecard"))
     assert card["performance_metrics"]["error_rate"] == 0.0, "4xx requests record nothing"
+
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "000_a19c0247b594f648.txt"
+
+
+def _seed_requests() -> list[tuple[str, str, dict | None]]:
+    """Every ```http request of the seed document: method, path, JSON body (verbatim)."""
+    blocks = re.findall(r"```http\n(.*?)```", SEED.read_text(), flags=re.S)
+    out = []
+    for block in blocks:
+        first, _, rest = block.partition("\n")
+        method, path = first.split()
+        body_text = rest[rest.find("{") :] if "{" in rest else ""
+        out.append((method, path, json.loads(body_text) if body_text else None))
+    return out
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed document is not beside the repo")
+def test_every_request_of_the_seed_document_works_verbatim(graph: Graph) -> None:
+    """The seed's examples as written (its user123, its `max_tokens: 2048`, strict mode),
+    with only the ids it leaves as placeholders filled in, plus its curl example, its
+    health check and the deployment URL its deploy answer names."""
+    requests = _seed_requests()
+    assert [(m, p.split("?")[0]) for m, p, _ in requests] == [
+        ("GET", "/native-llm/model/info"),
+        ("POST", "/native-llm/agent/create"),
+        ("POST", "/native-llm/agent/{agent_id}/chat"),
+        ("GET", "/native-llm/agent/{agent_id}/scorecard"),
+        ("POST", "/native-llm/agent/{agent_id}/deploy"),
+        ("GET", "/native-llm/agent/{agent_id}/metrics"),
+    ]
+    ids: dict[str, str] = {}
+    with graph.client(graph.new_user("user123")) as c:
+        for method, path, body in requests:
+            resp = c.request(method, path.format(**ids) if ids else path, json=body)
+            data = _ok(resp)
+            if path == "/native-llm/agent/create":
+                assert data["config"]["name"] == "Customer Support Assistant"
+                ids["agent_id"] = data["agent_id"]
+            if path.endswith("/deploy"):
+                deployed = data
+        chat = c.post(deployed["deployment_url"], json={"message": "Hello! Can you help me?"})
+        assert _ok(chat)["response"] is not None
+        assert _ok(c.get("/native-llm/health"))["status"] == "healthy"
+    # The curl example of the seed's integration tests (its user, test123).
+    with graph.client(graph.new_user("test123")) as c:
+        curl = {"user_id": "test123", "config": {"name": "Test Agent"}}
+        assert _ok(c.post("/native-llm/agent/create", json=curl))["status"] == "created"
