@@ -39,26 +39,47 @@ class AppConfig(BaseModel):
 
 
 def describe_model(model_path: Path, settings: Settings) -> AppInfo:
-    """What /model/info reports, read from the model directory and the shipped corpus."""
-    from serve_app.model.corpus import dataset_count
+    """What /model/info reports, read from the model directory and the shipped corpus:
+    its name (unless configured), its parameter count, and whether it was built on the
+    governance corpus shipped now (its build_info.json names the corpus hash)."""
+    from serve_app.model.corpus import corpus_sha256, dataset_count
 
-    base = model_path.name
+    base, params, trained = model_path.name, None, False
+    name = model_path.name
     build_info = model_path / "build_info.json"
     if build_info.exists():
         meta = json.loads(build_info.read_text())
         params = meta.get("param_count")
-        base = (
-            f"{model_path.name} (Llama, {params:,} parameters, built by Promethios)"
-            if params
-            else base
-        )
+        name = meta.get("model_name") or name
+        trained = bool(meta.get("dataset_count")) and meta.get("corpus_sha256") == corpus_sha256()
+        if params:
+            base = f"{model_path.name} (Llama, {params:,} parameters, built by Promethios)"
+    if params is None:
+        params = _param_count_from_config(model_path)
     return AppInfo(
-        model_name=settings.model_name,
+        model_name=settings.model_name or name,
         model_version=settings.model_version,
         base_model=base,
         dataset_count=dataset_count(),
         dataset_version=settings.dataset_version,
+        governance_trained_model=trained,
+        param_count=params,
     )
+
+
+def _param_count_from_config(model_path: Path) -> int | None:
+    """A decoder's parameter count from its config.json (embeddings, attention, MLP, norms,
+    untied head), for a model directory without our build_info; None when unreadable."""
+    try:
+        c = json.loads((model_path / "config.json").read_text())
+        h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+        inter = c.get("intermediate_size", 4 * h)
+        kv = h * c.get("num_key_value_heads", c["num_attention_heads"]) // c["num_attention_heads"]
+        per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter + 2 * h
+        head = 0 if c.get("tie_word_embeddings") else vocab * h
+        return int(vocab * h + layers * per_layer + h + head)
+    except (OSError, KeyError, ValueError, TypeError, ZeroDivisionError):
+        return None
 
 
 def resolve_model_path(cfg: AppConfig, settings: Settings) -> Path:

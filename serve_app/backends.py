@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from serve_app.assurance import require_governed
 from serve_app.engine.adapter import (
     EngineAdapter,
     Generation,
@@ -133,6 +134,7 @@ class RayBackends:
         request_id: str,
         upstream: dict[str, Any] | None = None,
     ) -> Generation:
+        require_governed("RayBackends.generate")
         target, lead, timeout_s = self._model(upstream)
         call = target.generate.remote(*lead, messages, sampling, request_id)
         try:
@@ -148,6 +150,7 @@ class RayBackends:
         request_id: str,
         upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
+        require_governed("RayBackends.stream")
         target, lead, timeout_s = self._model(upstream)
         gen = target.options(stream=True).stream.remote(*lead, messages, sampling, request_id)
         return _bounded_stream(gen.__aiter__(), timeout_s, gen.cancel)
@@ -215,6 +218,7 @@ class LocalBackends:
         request_id: str,
         upstream: dict[str, Any] | None = None,
     ) -> Generation:
+        require_governed("LocalBackends.generate")
         if upstream is not None:
             call = self.upstream.generate(upstream, messages, sampling, request_id)
         else:
@@ -228,6 +232,7 @@ class LocalBackends:
         request_id: str,
         upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
+        require_governed("LocalBackends.stream")
         if upstream is not None:
             gen = self.upstream.stream(upstream, messages, sampling, request_id)
         else:

@@ -14,6 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+from serve_app.assurance import governed
 from serve_app.backends import Backends
 from serve_app.errors import ApiError
 from serve_app.governance.policy import PolicySet
@@ -129,12 +130,13 @@ class GovernedChat:
             if verdict_in.blocked:
                 response, status, action = refusal(verdict_in, "input"), "blocked", "block"
             else:
-                gen = await self.backends.generate(
-                    build_messages(agent, verdict_in.text, screened[0]),
-                    {"max_tokens": max_tokens, "temperature": temperature},
-                    message_id,
-                    upstream=upstream_of(agent),
-                )
+                with governed("GovernedChat.run"):  # input screened above, output below
+                    gen = await self.backends.generate(
+                        build_messages(agent, verdict_in.text, screened[0]),
+                        {"max_tokens": max_tokens, "temperature": temperature},
+                        message_id,
+                        upstream=upstream_of(agent),
+                    )
                 verdict_out = await self.backends.evaluate(
                     gen.text, "output", mode, threshold, policy
                 )
@@ -257,9 +259,10 @@ class GovernedChat:
                 )
                 messages = build_messages(agent, verdict_in.text, screened[0])
                 sampling = {"max_tokens": max_tokens, "temperature": temperature}
-                deltas = self.backends.stream(
-                    messages, sampling, message_id, upstream=upstream_of(agent)
-                )
+                with governed("GovernedChat.stream"):  # every delta passes the StreamGuard
+                    deltas = self.backends.stream(
+                        messages, sampling, message_id, upstream=upstream_of(agent)
+                    )
                 async with aclosing(deltas) as it:
                     async for delta in it:
                         counts[:] = [delta.prompt_tokens, delta.completion_tokens]

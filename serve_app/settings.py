@@ -38,9 +38,9 @@ class Settings(BaseSettings):
     governance_shortcuts: bool = Field(
         default=False, validation_alias="PROMETHIOS_GOVERNANCE_SHORTCUTS"
     )
-    model_name: str = Field(
-        default="promethios-lambda-7b", validation_alias="PROMETHIOS_MODEL_NAME"
-    )
+    # The name answers give the served model; None: the model directory's own name (the
+    # embedded default is promethios-native-tiny, not a 7B model).
+    model_name: str | None = Field(default=None, validation_alias="PROMETHIOS_MODEL_NAME")
     model_version: str = Field(default="1.0.0", validation_alias="PROMETHIOS_MODEL_VERSION")
     max_message_chars: int = Field(default=8000, validation_alias="PROMETHIOS_MAX_MESSAGE_CHARS")
     max_body_bytes: int = Field(default=65536, validation_alias="PROMETHIOS_MAX_BODY_BYTES")

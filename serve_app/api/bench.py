@@ -24,6 +24,7 @@ from fastapi import APIRouter, Query, Request
 from serve_app.api.deps import CurrentUser, ServicesDep
 from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest
+from serve_app.assurance import governed
 from serve_app.errors import Forbidden, NotFound, success_envelope
 from serve_app.store.records import InteractionRecord
 
@@ -51,14 +52,16 @@ async def ungoverned_chat(
     admission = await admit(services, request, None, user)  # rate limits are not governance
     started = time.perf_counter()
     message_id = f"msg-{uuid.uuid4().hex[:16]}"
-    gen = await services.backends.generate(
-        [{"role": "user", "content": body.message}],
-        {
-            "max_tokens": body.max_tokens or int(agent.config.get("max_tokens", 128)),
-            "temperature": body.temperature if body.temperature is not None else 0.7,
-        },
-        message_id,
-    )
+    # Ungoverned by the operator's choice (admin key, bench_routes): named as such.
+    with governed("bench: ungoverned on purpose"):
+        gen = await services.backends.generate(
+            [{"role": "user", "content": body.message}],
+            {
+                "max_tokens": body.max_tokens or int(agent.config.get("max_tokens", 128)),
+                "temperature": body.temperature if body.temperature is not None else 0.7,
+            },
+            message_id,
+        )
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     await settler(services)(admission, gen.prompt_tokens + gen.completion_tokens)
     await services.backends.record(

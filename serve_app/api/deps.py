@@ -29,6 +29,9 @@ class AppInfo:
     dataset_count: int
     dataset_version: str
     llm_max_replicas: int = 1
+    # Built by serve_app.model.build on the governance corpus now shipped (build_info.json).
+    governance_trained_model: bool = False
+    param_count: int | None = None
 
 
 @dataclass
@@ -40,8 +43,17 @@ class Services:
     info: AppInfo
     bench_enabled: bool = False
     limiter: Any = None  # serve_app.api.limits.RateLimits, installed by the ingress
+    assurance: Any = None  # serve_app.assurance.Assurance, installed by the ingress
     _key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
     _resources: dict[type, Any] = field(default_factory=dict)
+
+    async def evidence(self) -> Any:
+        """What the governance flags rest on (serve_app/assurance.py); all false without it."""
+        from serve_app.assurance import Evidence
+
+        if self.assurance is None:
+            return Evidence.nothing()
+        return await self.assurance.evidence()
 
     def service(self, cls: type[T]) -> T:
         """The resource service `cls(self)` of these services, made on first use."""

@@ -249,10 +249,13 @@ def create_api(max_body_bytes: int = 65536, cors_origins: list[str] | None = Non
         except Exception as exc:
             components["database"] = f"unavailable: {type(exc).__name__}"
         healthy = all(v == "ok" for v in components.values())
+        ev = await services.evidence()
         body = success_envelope(
             {
                 "status": "healthy" if healthy else "degraded",
                 "components": components,
+                # What the governance flags in other answers rest on (serve_app/assurance.py).
+                "assurance": {k: v for k, v in ev.to_dict().items() if k != "checked_at"},
                 "version": __version__,
             }
         )

@@ -143,12 +143,17 @@ class InstrumentedBackends:
         self.hub.pending.inc("promethios_tokens", {"direction": "output"}, gen.completion_tokens)
         return gen
 
-    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """The inner stream, timed from the call to its end; tokens counted from the last delta."""
-        started = time.perf_counter()
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The inner stream, timed from the call to its end; tokens counted from the last
+        delta. The inner stream is opened now, not at the first item, so its checks (the
+        governed-call guard) run in the caller's context."""
+        inner = self.inner.stream(*args, **kwargs)  # type: ignore[attr-defined]
+        return self._observed(inner, time.perf_counter())
+
+    async def _observed(self, inner: AsyncIterator[Any], started: float) -> AsyncIterator[Any]:
         last = None
         try:
-            async for delta in self.inner.stream(*args, **kwargs):  # type: ignore[attr-defined]
+            async for delta in inner:
                 last = delta
                 yield delta
         finally:

@@ -46,7 +46,7 @@ class AgentLifecycleService:
         agent = await self.native.get_agent(agent_id, user)
         data = self.agent_payload(agent)
         dep = await asyncio.to_thread(self.s.store.get_active_deployment_for_agent, agent_id)
-        data["deployment"] = self.native.deployment_payload(dep) if dep else None
+        data["deployment"] = await self.native.deployment_payload(dep) if dep else None
         return data
 
     async def patch(self, agent_id: str, user: str, patch: AgentPatch) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class AgentLifecycleService:
         dep = await asyncio.to_thread(self.s.store.retire_deployment, agent_id, user)
         if dep is None:
             raise NotFound(f"agent {agent_id!r} has no active deployment")
-        return self.native.deployment_payload(dep)
+        return await self.native.deployment_payload(dep)
 
     async def conversation(self, agent_id: str, user: str, conversation_id: str) -> dict:
         await self.native.get_agent(agent_id, user)

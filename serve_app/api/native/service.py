@@ -12,6 +12,7 @@ import httpcore
 
 from serve_app.api.deps import Services
 from serve_app.api.native.protocol import AgentConfig, ChatRequest, OpenAIBackend
+from serve_app.assurance import governance_flags, native_advantages
 from serve_app.conversations import budget_chars, history_within, turns_of
 from serve_app.errors import BadRequest, Gone, NotFound, PayloadTooLarge
 from serve_app.governed_chat import ChatResult, GovernedChat, agent_kind, upstream_of
@@ -50,6 +51,7 @@ class NativeLLMService:
 
     async def model_info(self) -> dict[str, Any]:
         info = self.s.info
+        ev = await self.s.evidence()
         try:
             engine = await self.s.backends.model_info()
             status = "ready"
@@ -61,7 +63,8 @@ class NativeLLMService:
             "base_model": info.base_model,
             "dataset_count": info.dataset_count,
             "dataset_version": info.dataset_version,
-            "governance_native": True,
+            # Trained on the governance corpus, and governance verified in front of it.
+            "governance_native": ev.governance_trained_model and ev.bypass_proof,
             "capabilities": [
                 "text_generation",
                 "conversation",
@@ -127,16 +130,8 @@ class NativeLLMService:
                 "dataset_version": self.s.info.dataset_version,
                 "policy_version": self.s.policies.version,
             },
-            "governance": self._governance_flags(),
+            "governance": governance_flags(await self.s.evidence(), not wrapped),
             "status": "created",
-        }
-
-    def _governance_flags(self) -> dict[str, bool]:
-        return {
-            "native_governance": True,
-            "bypass_proof": True,
-            "constitutional_compliance": True,
-            "real_time_monitoring": True,
         }
 
     async def get_agent(self, agent_id: str, user: str) -> AgentRecord:
@@ -251,7 +246,9 @@ class NativeLLMService:
                 "policy_adherence": pct(st.mean_compliance_rate),
                 "governance_interventions": st.governance_interventions,
                 "violation_count": st.violation_count,
-                "uptime_percentage": share(answered, st.total),
+                # Not measured (it was a copy of success_rate): availability needs health
+                # probes over the window, which are not recorded per agent yet.
+                "uptime_percentage": None,
             },
             "performance_metrics": {
                 "average_response_time": _round(st.mean_response_time_ms),
@@ -260,13 +257,7 @@ class NativeLLMService:
                 "error_rate": share(st.error_count, st.total),
                 "throughput": st.interactions_last_hour,
             },
-            "native_advantages": {
-                "bypass_proof_governance": True,
-                "zero_policy_violations": st.violation_count == 0,
-                "constitutional_by_design": True,
-                "dataset_optimized": self.s.info.dataset_count > 0,
-                "lambda_7b_performance": "7b" in self.s.info.base_model.lower(),
-            },
+            "native_advantages": native_advantages(await self.s.evidence(), st.violation_count),
         }
 
     async def metrics(self, agent: AgentRecord) -> dict[str, Any]:
@@ -274,7 +265,6 @@ class NativeLLMService:
         recent = await asyncio.to_thread(
             self.s.store.agent_stats, agent.agent_id, datetime.now(timezone.utc) - RECENT_WINDOW
         )
-        answered = st.ok_count + st.blocked_count
         return {
             "agent_id": agent.agent_id,
             "real_time_metrics": {
@@ -283,7 +273,7 @@ class NativeLLMService:
                 "average_response_time": _round(st.mean_response_time_ms),
                 "total_interactions": st.total,
                 "violation_count": st.violation_count,
-                "uptime_percentage": share(answered, st.total),
+                "uptime_percentage": None,  # not measured (see the scorecard)
                 "last_updated": iso(st.last_at),
             },
             "recent_window": {
@@ -294,7 +284,9 @@ class NativeLLMService:
                 "interactions": recent.total,
                 "violation_count": recent.violation_count,
             },
-            "governance_status": self._governance_flags(),
+            "governance_status": governance_flags(
+                await self.s.evidence(), agent_kind(agent) == "native"
+            ),
         }
 
     async def deploy(
@@ -308,10 +300,11 @@ class NativeLLMService:
             dict(agent.config),
             rate_limit,
         )
-        return self.deployment_payload(dep)
+        return await self.deployment_payload(dep)
 
-    def deployment_payload(self, dep: DeploymentRecord) -> dict[str, Any]:
-        """A deployment as deploy and undeploy report it; `features` says what is configured."""
+    async def deployment_payload(self, dep: DeploymentRecord) -> dict[str, Any]:
+        """A deployment as deploy and undeploy report it; `features` says what is running."""
+        ev = await self.s.evidence()
         return {
             "deployment_id": dep.deployment_id,
             "production_agent_id": dep.production_agent_id,
@@ -321,9 +314,9 @@ class NativeLLMService:
             "retired_at": iso(dep.retired_at),
             "rate_limit": dep.rate_limit,
             "features": {
-                "load_balancing": self.s.info.llm_max_replicas > 1,
+                "load_balancing": (ev.llm_replicas_running or 0) > 1,  # running, not allowed
                 "rate_limiting": bool(dep.rate_limit) and self.s.limiter is not None,
-                "monitoring": True,
+                "monitoring": ev.writer_ok,
                 "sla_guarantees": False,
             },
         }
