@@ -4,6 +4,7 @@
     promethios users revoke-key KEY
     promethios db upgrade
     promethios audit verify AGENT_ID     # exit 1 naming the first broken record
+    promethios audit rotate-key          # a new current audit key (the key file)
 
 The database is ``DATABASE_URL``, else the SQLite file under ``var/`` (see settings).
 """
@@ -114,13 +115,41 @@ def audit_verify(
         store.close()
     typer.echo(json.dumps(report.to_dict(), indent=2))
     if not report.intact:
-        broken = report.first_broken or {}
+        broken = report.first_broken
+        if broken:
+            typer.echo(
+                f"error: audit chain of {agent_id} broken at record {broken.get('message_id')} "
+                f"(position {broken.get('position')}): {broken.get('reason')}",
+                err=True,
+            )
+        if report.checkpoint and not report.checkpoint["ok"]:
+            typer.echo(
+                f"error: audit chain of {agent_id} against its checkpoint of "
+                f"{report.checkpoint['at']}: {report.checkpoint['reason']}",
+                err=True,
+            )
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key() -> None:
+    """Make a new audit key current in the key file; earlier keys stay to verify what they
+    signed. With PROMETHIOS_AUDIT_KEYS set, rotate there instead (add id:secret, set
+    PROMETHIOS_AUDIT_KEY_ID) and restart."""
+    from serve_app.settings import get_settings
+    from serve_app.store.audit import audit_dir, rotate_key_file
+
+    settings = get_settings()
+    if settings.audit_keys:
         typer.echo(
-            f"error: audit chain of {agent_id} broken at record {broken.get('message_id')} "
-            f"(position {broken.get('position')}): {broken.get('reason')}",
+            "error: the audit keys come from PROMETHIOS_AUDIT_KEYS: add a new id:secret "
+            "there, set PROMETHIOS_AUDIT_KEY_ID to it, keep the old ones, and redeploy",
             err=True,
         )
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=2)
+    path = audit_dir(settings) / "keys.json"
+    key_id = rotate_key_file(path)
+    typer.echo(f"audit key {key_id} is current in {path}; restart the metrics writer")
 
 
 def main() -> None:

@@ -42,6 +42,13 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict] | None = 
             },
             {"name": "PROMETHIOS_NATIVE_MODEL_PATH", "value": "/models/lambda-7b"},
             {"name": "PROMETHIOS_SPOOL_DIR", "value": SPOOL_DIR},
+            # The audit chain's keys (every pod signs and verifies with the same ones) and
+            # the signed checkpoints, on the writer's volume, not in the database.
+            {
+                "name": "PROMETHIOS_AUDIT_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": "promethios-audit", "key": "keys"}},
+            },
+            {"name": "PROMETHIOS_AUDIT_DIR", "value": f"{SPOOL_DIR}/audit"},
         ],
         "resources": resources,
         "volumeMounts": [

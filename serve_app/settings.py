@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     # How long an ingress replica trusts a key it looked up: a revoked key stops working
     # on every replica within this time.
     key_cache_s: float = Field(default=1.0, ge=0, le=60, validation_alias="PROMETHIOS_KEY_CACHE_S")
+    # The audit chain's keys (`id:secret,...`; the current one PROMETHIOS_AUDIT_KEY_ID or the
+    # last listed). Unset: a key file under the audit directory, made on first use.
+    audit_keys: str | None = Field(default=None, validation_alias="PROMETHIOS_AUDIT_KEYS")
+    audit_key_id: str | None = Field(default=None, validation_alias="PROMETHIOS_AUDIT_KEY_ID")
+    # Where the audit key file and the signed checkpoints live (var/audit/ by default):
+    # somewhere the database's users cannot write.
+    audit_dir: Path | None = Field(default=None, validation_alias="PROMETHIOS_AUDIT_DIR")
     # The operator's admin key: required by the bench-only routes (off without it).
     admin_key: str | None = Field(default=None, validation_alias="PROMETHIOS_ADMIN_KEY")
     stream_check_every: int = Field(default=24, validation_alias="PROMETHIOS_STREAM_CHECK_CHARS")

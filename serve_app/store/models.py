@@ -196,3 +196,5 @@ class Interaction(Base):
     # of the agent's previous record.
     content_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     prev_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The audit key whose HMAC content_sha256 is (None: plain SHA-256, before keys).
+    chain_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

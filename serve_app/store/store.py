@@ -7,6 +7,7 @@ ORM objects. The schema is created and upgraded by Alembic (:meth:`Store.migrate
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,7 +25,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
 from typing_extensions import Self
 
-from serve_app.store.audit import ChainReport, link_rows, verify_chain
+from serve_app.store.audit import (
+    AuditKeys,
+    ChainReport,
+    audit_dir,
+    link_rows,
+    load_audit_keys,
+    verify_chain,
+)
+from serve_app.store.checkpoints import (
+    CheckpointLog,
+    check_against,
+    checkpoint_dir_for,
+    new_checkpoints,
+)
 from serve_app.store.engine import build_engine, upgrade_to_head
 from serve_app.store.lifecycle import LifecycleOps
 from serve_app.store.models import Agent, ApiKey, Deployment, Interaction, User
@@ -112,6 +126,8 @@ class Store(LifecycleOps):
         self._engine, self._sqlite_path = build_engine(database_url, create_dirs)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._migrate_lock = threading.Lock()
+        self._keys: AuditKeys | None = None
+        self._checkpoints: CheckpointLog | None = None
 
     @property
     def engine(self) -> Engine:
@@ -393,7 +409,8 @@ class Store(LifecycleOps):
         if not rows:
             return 0
         table = INTERACTIONS_TABLE
-        stmt = self._insert_ignore(table, ["message_id"]).returning(table.c.message_id)
+        stmt = self._insert_ignore(table, ["message_id"]).returning(table.c.message_id, table.c.id)
+        keys = self._audit_keys()
         with self._engine.begin() as conn:
             # Only new rows join the audit chain; links are computed in insertion order.
             known = set(
@@ -404,13 +421,58 @@ class Store(LifecycleOps):
             new_rows = [r for m, r in rows.items() if m not in known]
             if not new_rows:
                 return 0
-            link_rows(conn, table, new_rows)
-            return len(conn.execute(stmt, new_rows).all())
+            link_rows(conn, table, new_rows, keys)
+            inserted = {m: i for m, i in conn.execute(stmt, new_rows).all()}
+        # Committed: publish each touched agent's new head outside the database.
+        heads: dict[str, tuple[int, str, str]] = {}
+        for row in new_rows:
+            if row["message_id"] in inserted:
+                heads[row["agent_id"]] = (
+                    inserted[row["message_id"]],
+                    row["message_id"],
+                    row["content_sha256"],
+                )
+        self.checkpoints().append(new_checkpoints(heads, keys))
+        return len(inserted)
+
+    def _audit_keys(self) -> AuditKeys:
+        if self._keys is None:
+            self._keys = load_audit_keys()
+        return self._keys
+
+    def checkpoints(self) -> CheckpointLog:
+        """This database's signed checkpoint file (serve_app/store/checkpoints.py)."""
+        if self._checkpoints is None:
+            from serve_app.settings import get_settings
+
+            base = audit_dir(get_settings())
+            self._checkpoints = CheckpointLog(checkpoint_dir_for(self.database_url, base))
+        return self._checkpoints
 
     def verify_audit_chain(self, agent_id: str) -> ChainReport:
-        """Recompute the agent's audit chain; the report names the first broken record."""
+        """Recompute the agent's audit chain and compare it with the newest signed
+        checkpoint; the report names the first broken record, or the truncation or
+        rewrite the checkpoint reveals (then `intact` is false)."""
+        keys = self._audit_keys()
+        table = INTERACTIONS_TABLE
         with self._engine.connect() as conn:
-            return verify_chain(conn, INTERACTIONS_TABLE, agent_id)
+            report = verify_chain(conn, table, agent_id, keys=keys)
+            cp = self.checkpoints().latest(agent_id)
+            head = None
+            if cp is not None:
+                head = (
+                    conn.execute(
+                        select(table.c.message_id, table.c.content_sha256).where(
+                            table.c.id == cp.head_id, table.c.agent_id == agent_id
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+        checked = check_against(cp, keys, head)
+        if checked is not None and not checked["ok"]:
+            return dataclasses.replace(report, intact=False, checkpoint=checked)
+        return dataclasses.replace(report, checkpoint=checked)
 
     def count_interactions(self, agent_id: str) -> int:
         """Return the number of stored interactions of the agent."""

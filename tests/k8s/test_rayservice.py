@@ -59,3 +59,14 @@ def test_every_pod_mounts_the_writers_spool_volume_and_points_the_writer_at_it()
         assert mounts["spool"]["mountPath"] == env["PROMETHIOS_SPOOL_DIR"]
         assert not mounts["spool"].get("readOnly")
         assert volumes["spool"]["persistentVolumeClaim"]["claimName"] == "promethios-spool"
+
+
+def test_every_pod_signs_the_audit_chain_with_the_same_secret_keys() -> None:
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    cluster = doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert (
+            env["PROMETHIOS_AUDIT_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "promethios-audit"
+        )
+        assert env["PROMETHIOS_AUDIT_DIR"]["value"].startswith(env["PROMETHIOS_SPOOL_DIR"]["value"])
