@@ -17,11 +17,11 @@ def test_operating_points_trade_recall_for_false_positives() -> None:
     points = governance_eval.operating_points("dev", some)
     served = points.pop("served")
     assert 0.3 <= served["threshold"] < 1.0
-    # The served cascade: the lexical screen and the early exit decide most benign items
-    # and (almost) no harm.
+    # As served by default the shortcuts are off (PROMETHIOS_GOVERNANCE_SHORTCUTS): the
+    # classifier decides every text. The shortcuts themselves: test_early_exit.py and
+    # test_lexical_screen.py, loaded with shortcuts=True.
     passed, exited = points.pop("passed_lexical"), points.pop("exited_early")
-    assert 0.0 <= passed["harmful"] < 0.05 and 0.0 <= exited["harmful"] < 0.05, (passed, exited)
-    assert 0.5 <= passed["benign"] + exited["benign"] <= 1.0, (passed, exited)
+    assert passed == exited == {"benign": 0.0, "harmful": 0.0}, (passed, exited)
     rates = sorted(points, key=lambda k: float(k.rsplit("_", 1)[1]))
     assert [float(k.rsplit("_", 1)[1]) for k in rates] == [0.01, 0.02, 0.03, 0.05, 0.1]
     for key in rates:  # never over the false-positive rate asked for
