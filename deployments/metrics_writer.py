@@ -57,6 +57,12 @@ class MetricsWriter:
         )
         return self.recorder.pending
 
+    async def reserve(self, record: InteractionRecord) -> None:
+        """Accept a stream's record before its first chunk leaves (spooled and synced);
+        `record` with the same message id completes it."""
+        self.recorder.start()
+        self.recorder.reserve(record)
+
     def merge_metrics(self, wire: dict[str, Any]) -> None:
         """Add an ingress replica's observations to the totals that /metrics renders."""
         self.metrics.merge(MetricsDelta.from_wire(wire))

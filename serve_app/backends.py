@@ -53,6 +53,7 @@ class Backends(Protocol):
         upstream: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]: ...
     async def record(self, records: list[InteractionRecord]) -> None: ...
+    async def reserve(self, record: InteractionRecord) -> None: ...
     async def flush(self) -> None: ...
     async def model_info(self) -> dict[str, Any]: ...
     async def health(self) -> dict[str, str]: ...
@@ -160,6 +161,13 @@ class RayBackends:
             self.writer.record.remote(records), self.timeout_s, "metrics writer", AuditUnavailable
         )
 
+    async def reserve(self, record: InteractionRecord) -> None:
+        """A stream's record, accepted (spooled) before its first chunk; completed by
+        `record` with the same message id."""
+        await _bounded(
+            self.writer.reserve.remote(record), self.timeout_s, "metrics writer", AuditUnavailable
+        )
+
     async def flush(self) -> None:
         await _bounded(
             self.writer.flush.remote(), self.timeout_s, "metrics writer", AuditUnavailable
@@ -242,6 +250,10 @@ class LocalBackends:
     async def record(self, records: list[InteractionRecord]) -> None:
         self.recorder.start()
         self.recorder.add(records)
+
+    async def reserve(self, record: InteractionRecord) -> None:
+        self.recorder.start()
+        self.recorder.reserve(record)
 
     async def flush(self) -> None:
         await self.recorder.flush()

@@ -210,8 +210,10 @@ class GovernedChat:
     ) -> AsyncIterator[StreamEvent]:
         """Stream the answer; each text event has passed output governance (StreamGuard).
 
-        A block stops the stream with a refusal event. The exchange is recorded once,
-        when the stream ends (on a client disconnect, with the text sent so far).
+        A block stops the stream with a refusal event. The exchange's record is reserved
+        with the writer before the first event and completed when the stream ends (on a
+        client disconnect, with the text sent so far); a reservation never completed is
+        written as an interrupted stream.
         """
         started = time.perf_counter()
         message_id = f"msg-{uuid.uuid4().hex[:16]}"
@@ -244,6 +246,10 @@ class GovernedChat:
             )
             verdicts.append(verdict_in)
             verdicts.extend(screened[1])
+            # No text leaves without its record: the writer accepts (spools) this stream's
+            # record before the first chunk; the final record completes it. Refused here,
+            # the client gets a 503 and no text; lost later, the reservation stands.
+            await self.backends.reserve(self._record(agent, result(), channel, deployment_id))
             if verdict_in.blocked:
                 status, action, finish = "blocked", "block", "content_filter"
                 pieces.append(refusal(verdict_in, "input"))
@@ -287,11 +293,14 @@ class GovernedChat:
                     yield StreamEvent(text=pieces[-1], refusal=True)
                 else:
                     action = max((verdict_in.action, guard.last_verdict.action), key=_rank)
-        except ApiError as exc:
+        except ApiError:
             recorded = True
-            await self._record_error(
-                agent, message, message_id, started, channel, deployment_id, exc
-            )
+            # Completes the reservation (if one was taken) with what was sent so far.
+            failed = replace(self._record(agent, result(), channel, deployment_id), status="error")
+            try:
+                await self.backends.record([failed])
+            except ApiError:
+                pass  # the reservation stands for it
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if not recorded:

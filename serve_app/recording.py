@@ -22,6 +22,7 @@ and the spool cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -55,6 +56,30 @@ def spool_dir_for(database_url: str, base: Path) -> Path:
 def transient(exc: BaseException) -> bool:
     """A lost or refused connection (retry the batch later), not a record the store refuses."""
     return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or database_unreachable(exc)
+
+
+RESERVED = "_reserved"
+# How long a reservation waits for its completed record before it is written as is.
+RESERVATION_TTL_S = 900.0
+
+
+INTERRUPTED = "(stream interrupted before its record was completed)"
+
+
+def interrupted(rec: InteractionRecord) -> InteractionRecord:
+    """A reservation written as the record of a stream that did not finish recording."""
+    return dataclasses.replace(rec, status="error", response=rec.response or INTERRUPTED)
+
+
+def merge_replayed(records: list[InteractionRecord]) -> list[InteractionRecord]:
+    """One record per message id from replayed segments, in order: a completed record
+    wins over the interrupted form of its reservation, wherever each was spooled."""
+    out: dict[str, InteractionRecord] = {}
+    for rec in records:
+        held = out.get(rec.message_id)
+        if held is None or (held.response == INTERRUPTED and rec.response != INTERRUPTED):
+            out[rec.message_id] = rec
+    return list(out.values())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,16 +130,21 @@ class Spool:
             finally:
                 os.close(fd)
 
-    def append(self, records: list[InteractionRecord]) -> None:
-        """Write `records` to the open segment and sync it: on disk when this returns."""
+    def append(self, records: list[InteractionRecord], *, reserved: bool = False) -> Path:
+        """Write `records` to the open segment and sync it: on disk when this returns.
+        `reserved`: they are reservations (a stream's record, completed later). Returns
+        the segment's path."""
         if self._file is None:
             self._path = self._next_path()
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
             self._sync_dir()  # the new file's name survives a crash too
-        self._file.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        mark = {RESERVED: True} if reserved else {}
+        self._file.write("".join(json.dumps({**r.to_dict(), **mark}) + "\n" for r in records))
         self._file.flush()
         if self.sync:
             os.fdatasync(self._file.fileno())
+        assert self._path is not None
+        return self._path
 
     def seal(self) -> Path | None:
         """Close the open segment (new records go to a new one); its path, or None."""
@@ -175,13 +205,21 @@ class Spool:
 
     @staticmethod
     def load(path: Path) -> list[InteractionRecord]:
-        records = []
+        """The segment's records. A reservation (a stream's record taken before its first
+        chunk) stands for its exchange until the completed record replaces it: one left
+        alone is the record of a stream its writer never saw finish."""
+        records: dict[str, InteractionRecord] = {}
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(InteractionRecord.from_dict(json.loads(line)))
+                data = json.loads(line)
+                rec = InteractionRecord.from_dict(data)
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a kill was never accepted
-        return records
+            if data.get(RESERVED):
+                records.setdefault(rec.message_id, interrupted(rec))
+            else:
+                records[rec.message_id] = rec
+        return list(records.values())
 
     def dead_letter(self, records: list[InteractionRecord]) -> None:
         """Keep records the store refuses in `dead-letter.jsonl` (never replayed by itself)."""
@@ -232,6 +270,8 @@ class InteractionRecorder:
         self._buffer: list[InteractionRecord] = []
         self._spool = Spool(spool_dir) if spool_dir is not None else None
         self._sealed: list[Path] = []  # spool segments whose records are all in _buffer
+        # Streams' reservations not completed yet: message id -> (record, its segment, when).
+        self._reserved: dict[str, tuple[InteractionRecord, Path | None, float]] = {}
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._retry_backoff_s = retry_backoff_s
@@ -247,10 +287,12 @@ class InteractionRecorder:
     def start(self) -> None:
         if self._task is None:
             if self._spool is not None:
+                replayed: list[InteractionRecord] = []
                 for path, records in self._spool.adopt_orphans():
-                    self._buffer.extend(records)
+                    replayed.extend(records)
                     self._sealed.append(path)
                     log.info("replaying %d spooled record(s) from %s", len(records), path.name)
+                self._buffer.extend(merge_replayed(replayed))
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -262,6 +304,28 @@ class InteractionRecorder:
         if self._task is not None and self._task.done():
             exc = None if self._task.cancelled() else self._task.exception()
             raise RuntimeError(f"the writer's flush loop stopped: {exc!r}")
+
+    def reserve(self, record: InteractionRecord) -> None:
+        """Accept a stream's record before its first chunk leaves (spooled and synced like
+        `add`); `add` of a record with the same message id completes it. Until then it is
+        held, not written; a writer that dies leaves it in the spool, and the next one
+        writes it as an interrupted stream. Raises AuditBacklogFull when full."""
+        if len(self._buffer) + len(self._reserved) + 1 > self.max_pending:
+            self.refused += 1
+            raise AuditBacklogFull(
+                f"the audit backlog is full ({len(self._buffer)} records waiting for the "
+                f"database; last error: {self.last_error or 'none'})"
+            )
+        path = self._spool.append([record], reserved=True) if self._spool is not None else None
+        self._reserved[record.message_id] = (record, path, time.monotonic())
+
+    def _expire_reservations(self, max_age_s: float = RESERVATION_TTL_S) -> None:
+        """Reservations whose completion never came (the ingress died mid-stream) are
+        written as interrupted streams."""
+        now = time.monotonic()
+        old = [m for m, (_, _, t) in self._reserved.items() if now - t > max_age_s]
+        if old:
+            self.add([interrupted(self._reserved[m][0]) for m in old])
 
     def add(self, records: list[InteractionRecord]) -> None:
         """Accept records (spooled first, when spooling); written within a flush interval.
@@ -275,6 +339,8 @@ class InteractionRecorder:
             )
         if self._spool is not None and records:
             self._spool.append(records)
+        for r in records:
+            self._reserved.pop(r.message_id, None)  # completed
         self._buffer.extend(records)
         if len(self._buffer) >= self._max_batch:
             self._wakeup.set()
@@ -307,7 +373,9 @@ class InteractionRecorder:
             sealed = self._spool.seal()
             if sealed is not None:
                 self._sealed.append(sealed)
-        return list(self._sealed)
+        # A segment holding a reservation not completed yet stays until it is.
+        held = {path for _, path, _ in self._reserved.values()}
+        return [p for p in self._sealed if p not in held]
 
     def _release(self, done: list[Path]) -> None:
         if self._spool is not None:
@@ -318,6 +386,7 @@ class InteractionRecorder:
         """The writer's state: backlog, totals, last error, and what the spool holds."""
         out: dict[str, object] = {
             "pending": self.pending,
+            "reserved": len(self._reserved),
             "max_pending": self.max_pending,
             "written": self.written,
             "failures": self.failures,
@@ -332,8 +401,12 @@ class InteractionRecorder:
 
     def flush_now(self) -> int:
         """Write the buffer synchronously (a clean shutdown, when the loop is gone); the
-        spool segments are released once their records are in. Returns rows inserted;
-        on failure everything stays in the spool for the next writer."""
+        spool segments are released once their records are in. Reservations still open
+        are written as interrupted streams. Returns rows inserted; on failure everything
+        stays in the spool for the next writer."""
+        if self._reserved:
+            self._buffer.extend(interrupted(r) for r, _, _ in self._reserved.values())
+            self._reserved.clear()
         if not self._buffer:
             return 0
         written = 0
@@ -376,6 +449,7 @@ class InteractionRecorder:
             except asyncio.TimeoutError:
                 pass
             self._wakeup.clear()
+            self._expire_reservations()
             if not self._buffer:
                 continue
             try:

@@ -178,6 +178,9 @@ class InstrumentedBackends:
                 self.hub.pending.observe("promethios_trust_score", r.trust_score)
         log.debug("recorded %d interaction(s)", len(records))
 
+    async def reserve(self, record: InteractionRecord) -> None:
+        await self.inner.reserve(record)  # type: ignore[attr-defined]
+
     async def flush(self) -> None:
         await self.inner.flush()
 
