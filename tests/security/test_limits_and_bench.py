@@ -118,3 +118,32 @@ def test_bench_routes_are_off_without_the_application_arg(app) -> None:
         headers={"Authorization": f"Bearer {key}", "X-Admin-Key": "operator-secret"},
     )
     assert resp.status_code == 404
+
+
+def test_database_error_text_never_reaches_the_client_nor_bound_values_the_log(
+    app, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database fault on a query that carries the caller's input: the client gets a
+    fixed message, and the operator's log has the SQL error without the bound value."""
+    client, key = app
+    store = deps._services.store  # type: ignore[union-attr]
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE agents")  # the fault (a bad migration, a DBA)
+    secret = "native-sk_live_customer_secret_42"
+    with caplog.at_level("DEBUG"):
+        resp = client.get(f"/native-llm/agent/{secret}", headers={"Authorization": f"Bearer {key}"})
+    # SQLite reports a missing table as an OperationalError, which the ingress treats as
+    # the database being unavailable: a fixed 503 either way, never the SQL error.
+    assert resp.status_code == 503
+    assert resp.json() == {
+        "success": False,
+        "error": {
+            "code": "database_unavailable",
+            "message": "the database is unreachable; try again shortly",
+        },
+    }
+    assert "agents" not in resp.text and secret not in resp.text
+    # Nor does the log get the value as a bound parameter of the failed SQL (the request's
+    # path is in the access log, as any path is).
+    sql_lines = [ln for ln in caplog.text.splitlines() if "SELECT" in ln or "parameters" in ln]
+    assert not [ln for ln in sql_lines if secret in ln]
