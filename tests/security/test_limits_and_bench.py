@@ -147,3 +147,17 @@ def test_database_error_text_never_reaches_the_client_nor_bound_values_the_log(
     # path is in the access log, as any path is).
     sql_lines = [ln for ln in caplog.text.splitlines() if "SELECT" in ln or "parameters" in ln]
     assert not [ln for ln in sql_lines if secret in ln]
+
+
+def test_no_shipped_config_turns_the_bench_routes_on() -> None:
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    rayservice = yaml.safe_load((repo / "k8s" / "rayservice.yaml").read_text())
+    configs = [
+        yaml.safe_load((repo / "configs" / name).read_text()) for name in ("local.yaml", "gpu.yaml")
+    ]
+    configs.append(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
+    for config in configs:
+        for app_config in config["applications"]:
+            assert not app_config.get("args", {}).get("bench_routes"), app_config["name"]
