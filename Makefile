@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install model governance-data governance-weights run browser test test-fast bench bench-autoscale bench-wrapped clean
+.PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down run browser test test-fast bench bench-autoscale bench-wrapped clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ governance-weights: install
 # (training/sources.yaml; MIRRORS=DIR reads local git copies instead of cloning from GitHub).
 governance-data: install
 	$(PY) -m training.fetch_public $(if $(MIRRORS),--mirrors $(MIRRORS))
+
+# A local multi-node Ray cluster (a head and two worker nodes on this machine) with
+# PostgreSQL, and the application deployed to it with `serve deploy` (README, "A cluster").
+cluster: install model
+	scripts/cluster.sh up
+	scripts/cluster.sh deploy
+
+cluster-down:
+	scripts/cluster.sh down
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

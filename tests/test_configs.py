@@ -59,3 +59,21 @@ def test_the_upstreams_example_loads_as_the_registry_reads_it() -> None:
 
     ups = load(CONFIGS / "upstreams.example.yaml")
     assert ups["local-vllm"].models == ["tiny"] and ups["local-vllm"].api_key_env
+
+
+def test_the_cluster_config_places_replicas_by_node_resources() -> None:
+    """configs/cluster.yaml (make cluster): LLM replicas on the node that stands for the GPU
+    node, the stateful writer and limiter on the head, ingress and scorer spread."""
+    raw = yaml.safe_load((CONFIGS / "cluster.yaml").read_text())
+    ServeDeploySchema.model_validate(raw)
+    deps = {d["name"]: d for d in raw["applications"][0]["deployments"]}
+    assert deps["LLMServer"]["ray_actor_options"]["resources"] == {"llm_node": 0.01}
+    for name in ("MetricsWriter", "RateLimiter"):
+        assert deps[name]["ray_actor_options"]["resources"] == {"head": 0.01}
+        assert deps[name]["num_replicas"] == 1
+    for name in ("Ingress", "GovernanceScorer"):
+        assert deps[name]["max_replicas_per_node"] == 1
+        assert deps[name]["autoscaling_config"]["min_replicas"] >= 2
+    script = (CONFIGS.parent / "scripts" / "cluster.sh").read_text()
+    for resource in ("llm_node", "head", "cpu_node"):
+        assert f'"{resource}": 1' in script  # every resource the config asks for exists
