@@ -85,8 +85,27 @@ status() {
   "$SERVE" status --address "http://127.0.0.1:$DASH_PORT" || true
 }
 
+# This cluster's processes only: its GCS and raylets (found by the GCS address, on any of
+# this machine's IPs, or the
+# head's temp dir in their command lines) and everything under them (workers, agents,
+# vLLM's engine). `ray stop` would stop every Ray process of this user on the machine.
+tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p" || true); do tree "$c"; done; }
+
+stop_ray() {
+  local roots pids="" r
+  roots=$(pgrep -f -- "([0-9]{1,3}\.){3}[0-9]{1,3}:$GCS_PORT( |$)|:$GCS_PORT --|--gcs_server_port=$GCS_PORT|$STATE/ray" || true)
+  for r in $roots; do [ "$r" != "$$" ] && pids="$pids $(tree "$r")"; done
+  [ -z "${pids// /}" ] && return 0
+  kill -TERM $pids 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    kill -0 $pids 2>/dev/null || return 0
+    sleep 1
+  done
+  kill -KILL $pids 2>/dev/null || true
+}
+
 down() {
-  "$RAY" stop --force >/dev/null 2>&1 || true
+  stop_ray
   local bin; bin=$(pg_bin)
   if [ -n "$bin" ] && [ -d "$STATE/pg/data" ]; then
     as_postgres "$bin/pg_ctl" -D "$STATE/pg/data" -m fast stop >/dev/null 2>&1 || true
