@@ -310,12 +310,7 @@ class InteractionRecorder:
         `add`); `add` of a record with the same message id completes it. Until then it is
         held, not written; a writer that dies leaves it in the spool, and the next one
         writes it as an interrupted stream. Raises AuditBacklogFull when full."""
-        if len(self._buffer) + len(self._reserved) + 1 > self.max_pending:
-            self.refused += 1
-            raise AuditBacklogFull(
-                f"the audit backlog is full ({len(self._buffer)} records waiting for the "
-                f"database; last error: {self.last_error or 'none'})"
-            )
+        self._refuse_if_full(len(self._buffer) + len(self._reserved), 1)
         path = self._spool.append([record], reserved=True) if self._spool is not None else None
         self._reserved[record.message_id] = (record, path, time.monotonic())
 
@@ -323,20 +318,33 @@ class InteractionRecorder:
         """Reservations whose completion never came (the ingress died mid-stream) are
         written as interrupted streams."""
         now = time.monotonic()
-        old = [m for m, (_, _, t) in self._reserved.items() if now - t > max_age_s]
-        if old:
-            self.add([interrupted(self._reserved[m][0]) for m in old])
+        self._write_as_interrupted(
+            [m for m, (_, _, t) in self._reserved.items() if now - t > max_age_s]
+        )
+
+    def _write_as_interrupted(self, message_ids: list[str]) -> None:
+        """Move reservations to the buffer as interrupted streams. They were admitted under
+        the bound and are spooled already (their spool lines replay as interrupted too), so
+        this neither checks the bound nor spools again: it cannot fail in the flush loop."""
+        for m in message_ids:
+            self._buffer.append(interrupted(self._reserved.pop(m)[0]))
+
+    def _refuse_if_full(self, held: int, adding: int) -> None:
+        """Raise AuditBacklogFull, counting the refused records, when `held + adding`
+        records would pass the backlog's bound."""
+        if held + adding > self.max_pending:
+            self.refused += adding
+            raise AuditBacklogFull(
+                f"the audit backlog is full ({len(self._buffer)} records waiting for the "
+                f"database; last error: {self.last_error or 'none'})"
+            )
 
     def add(self, records: list[InteractionRecord]) -> None:
         """Accept records (spooled first, when spooling); written within a flush interval.
 
         Raises AuditBacklogFull, accepting none of them, when the backlog is full."""
-        if records and len(self._buffer) + len(records) > self.max_pending:
-            self.refused += len(records)
-            raise AuditBacklogFull(
-                f"the audit backlog is full ({len(self._buffer)} records waiting for the "
-                f"database; last error: {self.last_error or 'none'})"
-            )
+        if records:
+            self._refuse_if_full(len(self._buffer), len(records))
         if self._spool is not None and records:
             self._spool.append(records)
         for r in records:
@@ -404,9 +412,7 @@ class InteractionRecorder:
         spool segments are released once their records are in. Reservations still open
         are written as interrupted streams. Returns rows inserted; on failure everything
         stays in the spool for the next writer."""
-        if self._reserved:
-            self._buffer.extend(interrupted(r) for r, _, _ in self._reserved.values())
-            self._reserved.clear()
+        self._write_as_interrupted(list(self._reserved))
         if not self._buffer:
             return 0
         written = 0

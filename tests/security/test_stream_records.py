@@ -166,3 +166,16 @@ def test_a_segment_holding_an_open_reservation_is_not_released(tmp_path: Path) -
     asyncio.run(run())
     assert list(tmp_path.glob("*.jsonl")) == []
     assert [r.message_id for r in written] == ["other", "m-3"]
+
+
+def test_an_expired_reservation_is_written_even_when_the_backlog_is_full(tmp_path: Path) -> None:
+    """Expiry runs in the flush loop: it must not raise (a full backlog would have killed
+    the loop) and the reservation, already accepted, must still be written."""
+    written: list[InteractionRecord] = []
+    recorder = InteractionRecorder(lambda r: written.extend(r) or len(r), spool_dir=tmp_path)
+    recorder.reserve(InteractionRecord(message_id="m-4", agent_id="a", user_id="u"))
+    recorder.max_pending = 0  # the backlog is full from here on
+    recorder._expire_reservations(max_age_s=0.0)  # noqa: SLF001
+    recorder.flush_now()
+    assert [(r.message_id, r.response) for r in written] == [("m-4", INTERRUPTED)]
+    assert list(tmp_path.glob("*.jsonl")) == []  # its segment is released once written
