@@ -112,12 +112,14 @@ def host_refusal(host: str) -> str | None:
     return refusal(name)
 
 
-def tenant_url_refusal(url: str, *, allow_http: bool) -> str | None:
-    """Why a tenant may not name `url` as its upstream (syntax, scheme, host), or None.
-    The addresses the host resolves to are checked again at every connect."""
+def url_shape_refusal(url: str, *, allow_http: bool) -> str | None:
+    """Why `url` is not an upstream base URL (scheme, host present, no credentials, query
+    or fragment, a valid port), or None. Says nothing about where the host is: the
+    operator's URLs (serve_app/upstream_registry.py) may be private, a tenant's may not."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "must be an https URL such as https://host/v1"
+        schemes = "http(s)" if allow_http else "https"
+        return f"must be an {schemes} URL such as https://host/v1"
     if parts.scheme == "http" and not allow_http:
         return "must use https (the operator has not allowed plain http)"
     if parts.username or parts.password or parts.query or parts.fragment:
@@ -126,7 +128,15 @@ def tenant_url_refusal(url: str, *, allow_http: bool) -> str | None:
         parts.port  # noqa: B018 - raises on a port out of range
     except ValueError:
         return "has an invalid port"
-    return host_refusal(parts.hostname)
+    return None
+
+
+def tenant_url_refusal(url: str, *, allow_http: bool) -> str | None:
+    """Why a tenant may not name `url` as its upstream (syntax, scheme, host), or None.
+    The addresses the host resolves to are checked again at every connect."""
+    return url_shape_refusal(url, allow_http=allow_http) or host_refusal(
+        str(urlsplit(url).hostname)
+    )
 
 
 async def system_resolve(host: str, port: int) -> list[str]:

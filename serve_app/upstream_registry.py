@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve_app.errors import BadRequest, ModelUnavailable
-from serve_app.netguard import tenant_url_refusal
+from serve_app.netguard import tenant_url_refusal, url_shape_refusal
 from serve_app.settings import get_settings, upstream_api_key
 
 log = logging.getLogger("promethios.upstream")
@@ -66,11 +66,9 @@ class Registered(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://host/v1")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError("must not carry credentials, a query or a fragment")
+        why = url_shape_refusal(url, allow_http=True)  # any host: the operator's choice
+        if why:
+            raise ValueError(why)
         return url.rstrip("/")
 
     @field_validator("api_key_env")
