@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serve_app.engine import lifeline
+
 
 class PromptTooLong(ValueError):
     """The prompt plus max_tokens does not fit the model's context window."""
@@ -101,6 +103,7 @@ class EngineAdapter:
 
         # The engine's processes (spawned below) inherit it: see engine/vllm_plugin.py.
         os.environ.setdefault("PROMETHIOS_VLLM_BUSY_LOOP_S", DEFAULT_BUSY_LOOP_S)
+        lifeline.mark_owner()  # the engine's processes end with this one
         args = AsyncEngineArgs(**{k: v for k, v in self._engine_kwargs.items() if v is not None})
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()

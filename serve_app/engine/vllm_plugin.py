@@ -13,16 +13,20 @@ in the benchmark), so the re-check interval becomes `PROMETHIOS_VLLM_RECHECK_MS`
 (default 2 ms; ~500 flag checks a second for a sleeping reader). Unset, vLLM is
 untouched (its own OpenAI server in the benchmark, too).
 vLLM loads general plugins in every engine process, so the setting reaches them all.
+The plugin also ties each engine process's life to its parent's (engine/lifeline.py).
 """
 
 from __future__ import annotations
 
 import os
 
+from serve_app.engine import lifeline
+
 ENV = "PROMETHIOS_VLLM_BUSY_LOOP_S"
 
 
 def register() -> None:
+    lifeline.watch_parent()
     value = os.environ.get(ENV)
     if not value:
         return
