@@ -35,7 +35,15 @@ async def _llm_replicas_running() -> int | None:
     return None
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+# A replaced or downscaled replica finishes what it holds: the longest request is bounded
+# by the request timeout (PROMETHIOS_REQUEST_TIMEOUT_S, 60 s); Serve's default, 20 s, cut
+# chats queued behind a restarting model in a rolling update (tests/cluster/).
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=256,
+    graceful_shutdown_timeout_s=75,
+)
 @serve.ingress(api)
 class Ingress:
     """Serves the HTTP API; holds handles to the LLM, the scorer, the metrics writer, the

@@ -21,6 +21,7 @@ log = logging.getLogger("promethios.model")
     max_ongoing_requests=64,
     health_check_period_s=10,
     health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=70,  # generations in flight finish (bounded by the timeout)
 )
 class LLMServer:
     """Generates chat completions with the served model."""

@@ -15,7 +15,12 @@ from serve_app.upstream import UpstreamClient
 log = logging.getLogger("promethios.upstream")
 
 
-@serve.deployment(name="UpstreamLLM", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(
+    name="UpstreamLLM",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=256,
+    graceful_shutdown_timeout_s=75,  # upstream calls in flight finish (bounded by their timeout)
+)
 class UpstreamLLM:
     """Chat completions from the OpenAI-compatible server a wrapped agent names."""
 

@@ -116,8 +116,23 @@ class RayBackends:
     async def evaluate(
         self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
     ) -> Verdict:
-        call = self.scorer.evaluate.remote(text, direction, mode, threshold, policy)
-        return await _bounded(call, self.timeout_s, "governance scorer", ScorerUnavailable)
+        return await _bounded(
+            self._evaluate(text, direction, mode, threshold, policy),
+            self.timeout_s,
+            "governance scorer",
+            ScorerUnavailable,
+        )
+
+    async def _evaluate(self, *args: Any) -> Verdict:
+        """A scorer replica that died (its node lost) before answering: once more, on
+        another replica (scoring is a pure function of its input; the handle's router has
+        dropped the dead one). Within the caller's time bound."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return await self.scorer.evaluate.remote(*args)
+        except RayActorError:
+            return await self.scorer.evaluate.remote(*args)
 
     def _model(self, upstream: dict[str, Any] | None) -> tuple[Any, tuple[Any, ...], float]:
         """The deployment that answers, the leading call arguments, and the time bound."""
