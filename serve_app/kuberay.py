@@ -26,6 +26,12 @@ RAY_VERSION = "2.60.0"
 # volume; PIDs would not). The claim is the operator's (README, "Kubernetes").
 SPOOL_DIR = "/var/spool/promethios"
 SPOOL_CLAIM = "promethios-spool"
+# The governance classifier's artifacts (the files `make governance-weights` builds, with
+# their manifest.json): a ReadOnlyMany volume on every pod, so that a rebuilt set is rolled
+# out by filling the claim rather than rebuilding the image; the scorer checks every file
+# against the manifest at start-up (serve_app/governance/artifacts.py).
+ARTIFACTS_DIR = "/var/lib/promethios/governance-artifacts"
+ARTIFACTS_CLAIM = "promethios-governance-artifacts"
 HEADER = (
     "# Generated from configs/gpu.yaml by `python -m serve_app.kuberay`; do not edit by hand.\n"
 )
@@ -49,11 +55,18 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict] | None = 
                 "valueFrom": {"secretKeyRef": {"name": "promethios-audit", "key": "keys"}},
             },
             {"name": "PROMETHIOS_AUDIT_DIR", "value": f"{SPOOL_DIR}/audit"},
+            {"name": "PROMETHIOS_GOVERNANCE_ARTIFACTS", "value": ARTIFACTS_DIR},
+            # Serve's proxies answer a lost replica's requests in the API's error shape.
+            {
+                "name": "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
+                "value": "serve_app.proxy_guard:middlewares",
+            },
         ],
         "resources": resources,
         "volumeMounts": [
             {"name": "models", "mountPath": "/models/lambda-7b", "readOnly": True},
             {"name": "spool", "mountPath": SPOOL_DIR},
+            {"name": "governance-artifacts", "mountPath": ARTIFACTS_DIR, "readOnly": True},
         ],
     }
     if ports:
@@ -68,6 +81,10 @@ def _pod(container: dict) -> dict:
             "volumes": [
                 {"name": "models", "persistentVolumeClaim": {"claimName": "lambda-7b-model"}},
                 {"name": "spool", "persistentVolumeClaim": {"claimName": SPOOL_CLAIM}},
+                {
+                    "name": "governance-artifacts",
+                    "persistentVolumeClaim": {"claimName": ARTIFACTS_CLAIM, "readOnly": True},
+                },
             ],
         }
     }

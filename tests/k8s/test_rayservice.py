@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from serve_app.kuberay import GPU_CONFIG, RAYSERVICE, main, render
+from serve_app.kuberay import ARTIFACTS_CLAIM, ARTIFACTS_DIR, GPU_CONFIG, RAYSERVICE, main, render
 
 
 def test_rayservice_is_up_to_date() -> None:
@@ -70,3 +70,19 @@ def test_every_pod_signs_the_audit_chain_with_the_same_secret_keys() -> None:
             env["PROMETHIOS_AUDIT_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "promethios-audit"
         )
         assert env["PROMETHIOS_AUDIT_DIR"]["value"].startswith(env["PROMETHIOS_SPOOL_DIR"]["value"])
+
+
+def test_every_pod_mounts_the_governance_artifacts_read_only_and_the_scorer_reads_them() -> None:
+    """The governance artifacts come from their own read-only volume on every pod (a
+    rebuilt set is rolled out by filling the claim, not by rebuilding the image)."""
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    cluster = doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mount = {m["name"]: m for m in container["volumeMounts"]}["governance-artifacts"]
+        volume = {v["name"]: v for v in spec["volumes"]}["governance-artifacts"]
+        assert mount["mountPath"] == env["PROMETHIOS_GOVERNANCE_ARTIFACTS"] == ARTIFACTS_DIR
+        assert mount["readOnly"] is True
+        assert volume["persistentVolumeClaim"] == {"claimName": ARTIFACTS_CLAIM, "readOnly": True}
