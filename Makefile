@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down run browser test test-fast bench bench-autoscale bench-wrapped clean
+.PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down bench-cluster run browser test test-fast bench bench-autoscale bench-wrapped clean
 
 install: $(STAMP)
 
@@ -48,6 +48,11 @@ cluster: install model
 
 cluster-down:
 	scripts/cluster.sh down
+
+# The cluster tests with their figures kept (bench/results/cluster.json): placement, a worker
+# node lost under load (each kind), a rolling update, the head lost and a redeploy.
+bench-cluster: install model
+	PROMETHIOS_CLUSTER_RESULTS=bench/results/cluster.json $(PY) -m pytest -q -m cluster tests/cluster
 
 run: install model
 	$(VENV)/bin/serve run configs/local.yaml

@@ -4,6 +4,8 @@
 #   scripts/cluster.sh deploy   # serve deploy configs/cluster.yaml through the dashboard
 #   scripts/cluster.sh status   # ray status + serve status
 #   scripts/cluster.sh down     # stop it all (make cluster-down)
+#   scripts/cluster.sh kill-node llm|cpu|head   # SIGKILL a node's Ray processes (node loss)
+#   scripts/cluster.sh node-up llm|cpu     # start that worker node again (it rejoins)
 #
 # Nodes: the head (num-cpus 0, resource `head`: the controller, the writer, the limiter),
 # `llm` (resource `llm_node`: stands in for a GPU node; the LLM replicas land here) and
@@ -19,8 +21,15 @@ SERVE=$REPO/.venv/bin/serve
 GCS_PORT=${PROMETHIOS_CLUSTER_GCS_PORT:-6390}
 DASH_PORT=${PROMETHIOS_CLUSTER_DASHBOARD_PORT:-8265}
 PG_PORT=${PROMETHIOS_CLUSTER_PG_PORT:-55432}
+CLIENT_PORT=${PROMETHIOS_CLUSTER_CLIENT_PORT:-10001}
+CONFIG=${PROMETHIOS_CLUSTER_CONFIG:-configs/cluster.yaml}
 # Ray's token authentication, one token for every node (and for `serve deploy`).
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/ray-token
+# Without GCS fault tolerance a lost head is the cluster's end: worker nodes stop after
+# trying to reach it this long (Ray's default: 60 s).
+export RAY_gcs_rpc_server_reconnect_timeout_s=${RAY_gcs_rpc_server_reconnect_timeout_s:-20}
+# The Serve proxy answers a lost replica's requests in the API's error shape (proxy_guard.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxy_guard:middlewares
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 
 pg_bin() {
@@ -57,18 +66,49 @@ up() {
   "$REPO/.venv/bin/python" -m serve_app.model.build >/dev/null
   DATABASE_URL=$(database_url) "$REPO/.venv/bin/promethios" db upgrade >/dev/null
   export DATABASE_URL; DATABASE_URL=$(database_url)
+  # How soon the GCS declares a silent node dead (Ray's default: 3 s x 5 missed checks, and
+  # until then requests routed to its replicas wait): a check a second, 5 missed.
+  RAY_health_check_period_ms=${RAY_health_check_period_ms:-1000} \
+  RAY_health_check_timeout_ms=${RAY_health_check_timeout_ms:-1000} \
   "$RAY" start --head --port "$GCS_PORT" --dashboard-port "$DASH_PORT" --num-cpus 0 \
+    --ray-client-server-port "$CLIENT_PORT" \
     --resources '{"head": 1}' --temp-dir "$STATE/ray" --disable-usage-stats >"$STATE/head.log" 2>&1
-  "$RAY" start --address "127.0.0.1:$GCS_PORT" --num-cpus 2 --resources '{"llm_node": 1}' \
-    --disable-usage-stats >"$STATE/node-llm.log" 2>&1
-  "$RAY" start --address "127.0.0.1:$GCS_PORT" --num-cpus 2 --resources '{"cpu_node": 1}' \
-    --disable-usage-stats >"$STATE/node-cpu.log" 2>&1
+  node_up llm
+  node_up cpu
   echo "Ray: head + 2 worker nodes; dashboard http://127.0.0.1:$DASH_PORT"
   echo "next: scripts/cluster.sh deploy   (serve deploy configs/cluster.yaml)"
 }
 
+# A worker node: `llm` carries the resource `llm_node` (the GPU node's stand-in), `cpu`
+# carries `cpu_node`; 2 CPUs each. The node's environment (DATABASE_URL) is its workers'.
+node_up() {
+  case "$1" in llm|cpu) ;; *) echo "node: llm or cpu" >&2; exit 2 ;; esac
+  export DATABASE_URL; DATABASE_URL=${DATABASE_URL:-$(database_url)}
+  "$RAY" start --address "127.0.0.1:$GCS_PORT" --num-cpus 2 --resources "{\"$1_node\": 1}" \
+    --disable-usage-stats >"$STATE/node-$1.log" 2>&1
+}
+
+# Node loss: SIGKILL, at once, the node's raylet and every process it started (its
+# workers, replicas included, and agents), as a crashed machine or `ray stop --force`
+# would. Processes the replicas themselves started (vLLM's engine) are not signalled:
+# they must end by themselves (serve_app/engine/lifeline.py); the test checks they do.
+# `head` also takes the GCS, the dashboard and the autoscaler monitor: without GCS fault
+# tolerance (it needs Redis) the cluster ends with them (README).
+kill_node() {
+  local raylet pids marker
+  case "$1" in llm|cpu) marker="$1_node" ;; head) marker=head ;; *) echo "node: llm, cpu or head" >&2; exit 2 ;; esac
+  raylet=$(pgrep -f -- "--static_resource_list=$marker,.*--resource_dir=$STATE/ray/" || true)
+  [ -n "$raylet" ] || { echo "no $1 node of this cluster is running" >&2; exit 1; }
+  pids="$raylet $(pgrep -P "$raylet" | tr '\n' ' ')"
+  if [ "$1" = head ]; then
+    pids="$pids $(pgrep -f -- "gcs_server .*--log_dir=$STATE/ray/|dashboard/dashboard.py .*$STATE/ray|autoscaler/_private/monitor.py .*$STATE/ray" | tr '\n' ' ')"
+  fi
+  kill -KILL $pids 2>/dev/null || true
+  echo "killed node $1: $pids"
+}
+
 deploy() {
-  "$SERVE" deploy configs/cluster.yaml --address "http://127.0.0.1:$DASH_PORT"
+  "$SERVE" deploy "$CONFIG" --address "http://127.0.0.1:$DASH_PORT"
   local deadline=$((SECONDS + ${PROMETHIOS_CLUSTER_DEPLOY_TIMEOUT_S:-600}))
   until "$SERVE" status --address "http://127.0.0.1:$DASH_PORT" 2>/dev/null | grep -q "status: RUNNING"; do
     if [ $SECONDS -gt $deadline ]; then
@@ -118,5 +158,7 @@ case "${1:-}" in
   deploy) deploy ;;
   status) status ;;
   down) down ;;
-  *) echo "usage: $0 up|deploy|status|down" >&2; exit 2 ;;
+  kill-node) kill_node "${2:-}" ;;
+  node-up) node_up "${2:-}" ;;
+  *) echo "usage: $0 up|deploy|status|down|kill-node NODE|node-up NODE" >&2; exit 2 ;;
 esac

@@ -93,8 +93,16 @@ os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-test-" + secrets.token_hex(12))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Destructive tests (marked `faults`) run last, after every test of the shared graph."""
-    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)
+    """Destructive tests (marked `faults`) run last, after every test of the shared graph;
+    the multi-node cluster's (marked `cluster`) first, so that their cluster is down before
+    the shared graph starts (two vLLM engines would share this machine's two cores)."""
+
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("cluster") is not None:
+            return 0
+        return 2 if item.get_closest_marker("faults") is not None else 1
+
+    items.sort(key=order)
 
 
 @dataclass

@@ -75,5 +75,7 @@ def test_the_cluster_config_places_replicas_by_node_resources() -> None:
         assert deps[name]["max_replicas_per_node"] == 1
         assert deps[name]["autoscaling_config"]["min_replicas"] >= 2
     script = (CONFIGS.parent / "scripts" / "cluster.sh").read_text()
-    for resource in ("llm_node", "head", "cpu_node"):
-        assert f'"{resource}": 1' in script  # every resource the config asks for exists
+    # every resource the config asks for exists (the live check: tests/cluster/)
+    assert """--resources '{"head": 1}'""" in script
+    assert '"{\\"$1_node\\": 1}"' in script
+    assert "node_up llm" in script and "node_up cpu" in script

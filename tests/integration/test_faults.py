@@ -19,170 +19,31 @@ conftest.py); each waits until the graph is healthy again before it ends.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import httpx
 import pytest
-from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from serve_app.settings import get_settings
 from tests.integration.conftest import Graph
+from tests.support.load import (
+    Load,
+    StreamLoad,
+    assert_envelope_error,
+    wait_until_every_row,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 REQUEST_TIMEOUT_S = get_settings().request_timeout_s
 RECOVERY_S = 420.0  # a new vLLM replica on a loaded 2-core machine can take minutes
-
-
-@dataclass
-class _Workers:
-    """`workers` threads, each sending one request after another (`_one`) until stopped."""
-
-    graph: Graph
-    key: str
-    agent_id: str
-    workers: int = 3
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _one(self, c: httpx.Client, n: int, i: int) -> None:
-        raise NotImplementedError
-
-    def _run(self, n: int) -> None:
-        with self.graph.client(self.key) as c:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                self._one(c, n, i)
-
-    def __enter__(self) -> Self:
-        for n in range(self.workers):
-            t = threading.Thread(target=self._run, args=(n,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=180)
-
-
-@dataclass
-class Load(_Workers):
-    """Chats from `workers` threads until stopped; every answer kept."""
-
-    max_tokens: int = 8
-    temperature: float = 0.7
-    # (sent, answered, status, body), times from time.monotonic()
-    answers: list[tuple[float, float, int, dict]] = field(default_factory=list)
-
-    def _one(self, c: httpx.Client, n: int, i: int) -> None:
-        sent = time.monotonic()
-        try:
-            resp = c.post(
-                f"/native-llm/agent/{self.agent_id}/chat",
-                json={
-                    "message": f"Tell me where my order {n}-{i} is.",
-                    "max_tokens": self.max_tokens,
-                    "temperature": self.temperature,
-                },
-                timeout=120,
-            )
-            body = resp.json()
-            status = resp.status_code
-        except (httpx.HTTPError, ValueError) as exc:
-            status, body = 0, {"transport_error": repr(exc)}
-        self.answers.append((sent, time.monotonic(), status, body))
-
-    def ok_ids(self) -> list[str]:
-        return [b["data"]["message_id"] for _, _, s, b in self.answers if s == 200]
-
-    def count(self, status: int) -> int:
-        return sum(1 for _, _, s, _ in self.answers if s == status)
-
-
-@dataclass
-class StreamLoad(_Workers):
-    """OpenAI streaming chats from `workers` threads until stopped; each stream kept as
-    (sent, ended, text, finish_reason, error_code)."""
-
-    workers: int = 2
-    max_tokens: int = 160
-    streams: list[tuple[float, float, str, str | None, str | None]] = field(default_factory=list)
-
-    def _one(self, c: httpx.Client, n: int, i: int) -> None:
-        sent, text_, finish, error = time.monotonic(), "", None, None
-        body = {
-            "model": self.agent_id,
-            "messages": [{"role": "user", "content": f"Tell me a long story, {n}-{i}."}],
-            "max_tokens": self.max_tokens,
-            "temperature": 1.0,
-            "stream": True,
-        }
-        try:
-            with c.stream("POST", "/v1/chat/completions", json=body, timeout=120) as resp:
-                if resp.status_code != 200:
-                    resp.read()
-                    error = resp.json()["error"]["code"]
-                for line in resp.iter_lines() if resp.status_code == 200 else []:
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        error = chunk["error"]["code"]
-                    for choice in chunk.get("choices", []):
-                        text_ += choice["delta"].get("content") or ""
-                        finish = choice.get("finish_reason") or finish
-        except (httpx.HTTPError, ValueError) as exc:
-            error = f"transport: {exc!r}"
-        self.streams.append((sent, time.monotonic(), text_, finish, error))
-
-
-def _assert_envelope_error(body: dict, status: int) -> None:
-    assert body.get("success") is False and set(body) == {"success", "error"}, (status, body)
-    assert body["error"]["code"] and body["error"]["message"], body
-
-
-def _rows_per_message(database_url: str, message_ids: list[str]) -> dict[str, int]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT message_id, COUNT(*) FROM interactions "
-                    "WHERE message_id IN :ids GROUP BY message_id"
-                ).bindparams(bindparam("ids", expanding=True)),
-                {"ids": message_ids},
-            ).all()
-    finally:
-        engine.dispose()
-    return {m: int(n) for m, n in rows}
-
-
-def _wait_until_every_row(graph: Graph, ids: list[str], timeout_s: float = 120.0) -> None:
-    """Every id in `ids` has exactly one row (within `timeout_s`: the writer's interval)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        counts = {}
-        for i in range(0, len(ids), 500):
-            counts.update(_rows_per_message(graph.database_url, ids[i : i + 500]))
-        missing = [m for m in ids if m not in counts]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    assert not missing, f"{len(missing)} of {len(ids)} answered chats have no row: {missing[:5]}"
-    doubled = {m: n for m, n in counts.items() if n != 1}
-    assert not doubled, f"rows recorded more than once: {doubled}"
 
 
 def _wait_healthy(graph: Graph, timeout_s: float = RECOVERY_S) -> None:
@@ -244,8 +105,8 @@ def test_writer_killed_during_load_loses_no_answered_chat(
     for _, _, status, body in load.answers:
         assert status in (200, 503, 504), (status, body)
         if status != 200:
-            _assert_envelope_error(body, status)
-    _wait_until_every_row(graph, load.ok_ids())
+            assert_envelope_error(body, status)
+    wait_until_every_row(graph, load.ok_ids())
     _wait_healthy(graph)
 
 
@@ -312,7 +173,7 @@ def test_llm_replica_killed_in_flight_fails_fast_then_recovers(
     for _, _, status, body in load.answers:
         assert status in (200, 503, 504), (status, body)
         if status != 200:
-            _assert_envelope_error(body, status)
+            assert_envelope_error(body, status)
     assert any(s == 200 and sent > replaced_at for sent, _, s, _ in load.answers), (
         "no chat succeeded once the new replica was up"
     )
@@ -422,9 +283,9 @@ def test_database_outage_loses_no_answered_chat(
     for status, body in during:
         if status != 200:
             assert status in (503, 504), (status, body)
-            _assert_envelope_error(body, status)
+            assert_envelope_error(body, status)
     assert load.count(200) > 0
-    _wait_until_every_row(graph, load.ok_ids())
+    wait_until_every_row(graph, load.ok_ids())
     with graph.client(key) as c:
         audit = c.get(f"/native-llm/agent/{agent_id}/audit/verify")
     assert audit.status_code == 200 and audit.json()["data"]["intact"] is True, audit.text
