@@ -62,8 +62,10 @@ up() {
     "SELECT 1 FROM pg_database WHERE datname = 'promethios'" | grep -q 1 \
     || as_postgres "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres promethios
   echo "PostgreSQL on 127.0.0.1:$PG_PORT"
-  # The embedded model and the schema before any node starts (a replica never builds them).
+  # The embedded model, the governance encoder's export and the schema before any node
+  # starts (a replica never builds them; two scorers would race on the export).
   "$REPO/.venv/bin/python" -m serve_app.model.build >/dev/null
+  "$REPO/.venv/bin/python" -m serve_app.governance.semantic >/dev/null  # the scorer's encoder export
   DATABASE_URL=$(database_url) "$REPO/.venv/bin/promethios" db upgrade >/dev/null
   export DATABASE_URL; DATABASE_URL=$(database_url)
   # How soon the GCS declares a silent node dead (Ray's default: 3 s x 5 missed checks, and
