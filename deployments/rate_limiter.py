@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ray import serve
 
-from serve_app.ratelimit import Charges, Decision, Limit, RateLimiter
+from serve_app.ratelimit import Charges, Decision, Limit, LimiterSnapshot, RateLimiter
+from serve_app.settings import get_settings
 
 
 @serve.deployment(
@@ -19,10 +20,19 @@ class RateLimiterDeployment:
 
     def __init__(self) -> None:
         self.limiter = RateLimiter()
+        # On the shared spool volume: a replica restarted or moved to another node goes on
+        # from the buckets the last one left (serve_app/ratelimit.py, "Durability").
+        settings = get_settings()
+        spool = settings.spool_dir or settings.var_dir / "spool"
+        self.state = LimiterSnapshot(spool / "ratelimit.json")
+        self.state.load(self.limiter)
 
     # async: microseconds of work, answered on the replica's loop with no thread-pool hop.
     async def acquire(self, scopes: dict[str, Limit], charges: Charges | None = None) -> Decision:
-        return self.limiter.acquire(scopes, charges)
+        decision = self.limiter.acquire(scopes, charges)
+        self.state.maybe_save(self.limiter)
+        return decision
 
     async def charge_many(self, charges: Charges) -> None:
         self.limiter.charge_many(charges)
+        self.state.maybe_save(self.limiter)

@@ -16,15 +16,28 @@ Semantics:
 - charges may arrive folded into the next `acquire` (`Charges`: tokens per scope
   key, summed): they are applied before that admission is decided, so a caller
   that defers its charges sees the same decisions as one that sends them at once.
+
+Durability: the buckets live in one replica's memory. `LimiterSnapshot` writes them (levels
+and wall-clock time) to a file on the shared spool volume at most once a second while they
+change, and a new limiter replica (restarted, or moved to another node) starts from that
+file, refilled by the time that passed, instead of with full buckets. What was admitted in
+the last second before a crash is not in the file: the error is at most one second of
+admissions per scope.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from pathlib import Path
+from typing import Any, TypeAlias
+
+log = logging.getLogger("promethios.ratelimit")
 
 
 @dataclass(frozen=True)
@@ -111,10 +124,53 @@ class _Scope:
 class RateLimiter:
     """Buckets per scope key; `acquire` before a request, `charge` tokens after it."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_idle_s: float = 600.0):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        max_idle_s: float = 600.0,
+        wall: Callable[[], float] = time.time,
+    ):
         self._clock = clock
+        self._wall = wall
         self._scopes: dict[str, _Scope] = {}
         self._max_idle_s = max_idle_s
+        self.changes = 0  # admissions and charges so far (the snapshot writes on a change)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every bucket's level now, with the wall-clock time (monotonic clocks differ
+        between processes)."""
+        now = self._clock()
+        scopes = {}
+        for key, s in self._scopes.items():
+            levels = []
+            for bucket in (s.requests, s.tokens):
+                if bucket is not None:
+                    bucket.refill(now)
+                levels.append(None if bucket is None else bucket.level)
+            scopes[key] = {
+                "limit": [s.limit.requests_per_minute, s.limit.tokens_per_minute],
+                "levels": levels,
+            }
+        return {"version": 1, "at": self._wall(), "scopes": scopes}
+
+    def restore(self, data: dict[str, Any]) -> int:
+        """Start from a snapshot, refilled by the wall-clock time since it was taken.
+        Returns the number of scopes restored."""
+        if data.get("version") != 1:
+            raise ValueError(f"unknown rate-limit snapshot version {data.get('version')!r}")
+        elapsed = max(0.0, self._wall() - float(data["at"]))
+        now = self._clock()
+        for key, entry in data["scopes"].items():
+            rpm, tpm = entry["limit"]
+            limit = Limit(requests_per_minute=rpm, tokens_per_minute=tpm)
+            buckets = []
+            for per_minute, level in zip((rpm, tpm), entry["levels"], strict=True):
+                bucket = _bucket(per_minute, now)
+                if bucket is not None and level is not None:
+                    bucket.level = min(bucket.capacity, float(level) + elapsed * bucket.rate)
+                buckets.append(bucket)
+            self._scopes[key] = _Scope(limit, buckets[0], buckets[1], used_at=now)
+        return len(data["scopes"])
 
     def _scope(self, key: str, limit: Limit, now: float) -> _Scope:
         scope = self._scopes.get(key)
@@ -154,6 +210,7 @@ class RateLimiter:
         for s in live.values():
             if s.requests is not None:
                 s.requests.level -= 1.0
+                self.changes += 1
         if not live:
             return Decision(True)
         tightest = min(live, key=lambda k: _headroom(live[k]))
@@ -170,6 +227,7 @@ class RateLimiter:
             s = self._scope(key, lim, now)
             assert s.tokens is not None
             s.tokens.level -= tokens
+            self.changes += 1
 
     def charge_many(self, charges: Charges) -> None:
         """Each scope's tokens, as `charge` takes them."""
@@ -181,6 +239,50 @@ class RateLimiter:
             return
         for key in [k for k, s in self._scopes.items() if now - s.used_at > self._max_idle_s]:
             del self._scopes[key]
+
+
+class LimiterSnapshot:
+    """A limiter's buckets in a file: `load` at start, `maybe_save` after each call (it
+    writes at most every `every_s` seconds, and only after a change; atomically)."""
+
+    def __init__(
+        self, path: Path, every_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = Path(path)
+        self.every_s = every_s
+        self._clock = clock
+        self._saved_at = -math.inf
+        self._saved_changes = 0
+
+    def load(self, limiter: RateLimiter) -> int:
+        """Restore `limiter` from the file; a missing file starts fresh, an unreadable one
+        too (logged: the buckets start full, as before this file existed)."""
+        try:
+            data = json.loads(self.path.read_text())
+            restored = limiter.restore(data)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("rate-limit state %s unreadable (%s): buckets start full", self.path, exc)
+            return 0
+        self._saved_changes = limiter.changes
+        log.info("rate-limit state restored: %d scopes from %s", restored, self.path)
+        return restored
+
+    def maybe_save(self, limiter: RateLimiter) -> bool:
+        now = self._clock()
+        if limiter.changes == self._saved_changes or now - self._saved_at < self.every_s:
+            return False
+        self._saved_at, self._saved_changes = now, limiter.changes
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(limiter.snapshot()))
+            tmp.replace(self.path)
+        except OSError as exc:  # the limits still hold in memory; only durability is lost
+            log.warning("rate-limit state not saved to %s: %s", self.path, exc)
+            return False
+        return True
 
 
 def _bucket(per_minute: int | None, now: float) -> TokenBucket | None:

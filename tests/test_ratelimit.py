@@ -149,3 +149,92 @@ def test_charges_are_kept_when_the_limiter_cannot_be_reached() -> None:
 
     # Admitted under its own key's scope; key:x is 400 tokens in debt, so refused.
     assert asyncio.run(scenario()) == (True, False)
+
+
+def _spent(limiter: RateLimiter, limit: Limit, n: int) -> None:
+    for _ in range(n):
+        assert limiter.acquire({"user:a": limit}).allowed
+
+
+def test_a_restarted_limiter_goes_on_from_the_saved_buckets(tmp_path) -> None:  # noqa: ANN001
+    """A user who spent the minute's budget is still refused by the next limiter replica
+    (restarted or moved), which starts from the file, refilled by the time that passed;
+    a fresh limiter (no file: before this existed) would admit at once."""
+    from serve_app.ratelimit import LimiterSnapshot
+
+    clock, wall = Clock(), Clock()
+    limit = Limit(requests_per_minute=6, tokens_per_minute=600)
+    first = RateLimiter(clock=clock, wall=wall)
+    state = LimiterSnapshot(tmp_path / "ratelimit.json", clock=clock)
+    _spent(first, limit, 6)
+    first.charge({"user:a": limit}, 900)  # into debt
+    assert state.maybe_save(first)
+    wall.t += 5.0  # the replica dies; a new one starts 5 s later (its own monotonic clock)
+    second = RateLimiter(clock=Clock(), wall=wall)
+    assert LimiterSnapshot(tmp_path / "ratelimit.json").load(second) == 1
+    refused = second.acquire({"user:a": limit})
+    assert not refused.allowed
+    # tokens: 600 - 900 = -300, refilled 5 s x 10/s = -250: 25 s more to reach 1 token
+    assert 25.0 <= refused.retry_after_s <= 25.2
+    assert RateLimiter(clock=Clock(), wall=wall).acquire({"user:a": limit}).allowed  # fresh
+
+
+def test_the_snapshot_is_written_at_most_once_a_second_and_only_after_a_change(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    from serve_app.ratelimit import LimiterSnapshot
+
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    state = LimiterSnapshot(tmp_path / "s.json", every_s=1.0, clock=clock)
+    limit = Limit(requests_per_minute=100)
+    assert not state.maybe_save(limiter)  # nothing changed
+    _spent(limiter, limit, 1)
+    assert state.maybe_save(limiter)
+    _spent(limiter, limit, 1)
+    clock.t += 0.5
+    assert not state.maybe_save(limiter)  # within the second
+    clock.t += 0.6
+    assert state.maybe_save(limiter)
+    clock.t += 5
+    assert not state.maybe_save(limiter)  # no change since
+
+
+def test_an_unreadable_snapshot_starts_full_and_does_not_stop_the_limiter(tmp_path) -> None:  # noqa: ANN001
+    from serve_app.ratelimit import LimiterSnapshot
+
+    path = tmp_path / "ratelimit.json"
+    path.write_text('{"version": 1, "at": "garbage"')
+    limiter = RateLimiter()
+    assert LimiterSnapshot(path).load(limiter) == 0
+    assert limiter.acquire({"user:a": Limit(requests_per_minute=1)}).allowed
+    path.write_text('{"version": 99, "at": 0, "scopes": {}}')
+    assert LimiterSnapshot(path).load(RateLimiter()) == 0
+
+
+def test_the_deployment_restores_its_buckets_without_ray(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The Serve deployment's class, constructed directly: the second replica goes on from
+    what the first saved. The first saved after its first admission and not after the
+    second (within the second): the documented bound, one second of admissions, is the
+    one request the second replica admits before it refuses."""
+    import asyncio
+
+    from deployments.rate_limiter import RateLimiterDeployment
+    from serve_app.settings import get_settings
+
+    monkeypatch.setenv("PROMETHIOS_SPOOL_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        cls = RateLimiterDeployment.func_or_class
+        limit = Limit(requests_per_minute=2)
+        first = cls()
+        for _ in range(2):
+            assert asyncio.run(first.acquire({"user:a": limit})).allowed
+        assert (tmp_path / "ratelimit.json").exists()
+        second = cls()
+        assert asyncio.run(second.acquire({"user:a": limit})).allowed  # the unsaved one
+        assert not asyncio.run(second.acquire({"user:a": limit})).allowed
+        third = cls()  # the second saved after its admission: nothing left to admit
+        assert not asyncio.run(third.acquire({"user:a": limit})).allowed
+    finally:
+        get_settings.cache_clear()
