@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from serve_app.ratelimit import Charges, Decision, Limit, LimiterSnapshot, RateLimiter
+from serve_app.recording import spool_dir_for
 from serve_app.settings import get_settings
 
 
@@ -18,13 +19,15 @@ class RateLimiterDeployment:
     """Token buckets per scope: `acquire` applies the ingress's pending token charges and
     admits a request; `charge_many` applies charges that no acquire carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, database_url: str | None = None) -> None:
         self.limiter = RateLimiter()
-        # On the shared spool volume: a replica restarted or moved to another node goes on
-        # from the buckets the last one left (serve_app/ratelimit.py, "Durability").
+        # On the shared spool volume, beside the writer's spool of the same database: a
+        # replica restarted or moved to another node goes on from the buckets the last one
+        # left (serve_app/ratelimit.py, "Durability").
         settings = get_settings()
         spool = settings.spool_dir or settings.var_dir / "spool"
-        self.state = LimiterSnapshot(spool / "ratelimit.json")
+        key = database_url or settings.resolved_database_url()
+        self.state = LimiterSnapshot(spool_dir_for(key, spool) / "ratelimit.json")
         self.state.load(self.limiter)
 
     # async: microseconds of work, answered on the replica's loop with no thread-pool hop.

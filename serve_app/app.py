@@ -128,5 +128,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         "bench_routes": cfg.bench_routes,
     }
     return Ingress.bind(
-        llm, scorer, writer, options, RateLimiterDeployment.bind(), UpstreamLLM.bind()
+        llm, scorer, writer, options, RateLimiterDeployment.bind(database_url), UpstreamLLM.bind()
     )

@@ -216,7 +216,8 @@ def test_the_deployment_restores_its_buckets_without_ray(tmp_path, monkeypatch) 
     """The Serve deployment's class, constructed directly: the second replica goes on from
     what the first saved. The first saved after its first admission and not after the
     second (within the second): the documented bound, one second of admissions, is the
-    one request the second replica admits before it refuses."""
+    one request the second replica admits before it refuses. Another database's limiter
+    keeps its own file."""
     import asyncio
 
     from deployments.rate_limiter import RateLimiterDeployment
@@ -227,14 +228,15 @@ def test_the_deployment_restores_its_buckets_without_ray(tmp_path, monkeypatch) 
     try:
         cls = RateLimiterDeployment.func_or_class
         limit = Limit(requests_per_minute=2)
-        first = cls()
+        first = cls("sqlite:///one.db")
         for _ in range(2):
             assert asyncio.run(first.acquire({"user:a": limit})).allowed
-        assert (tmp_path / "ratelimit.json").exists()
-        second = cls()
+        assert len(list(tmp_path.glob("*/ratelimit.json"))) == 1
+        assert asyncio.run(cls("sqlite:///other.db").acquire({"user:a": limit})).allowed
+        second = cls("sqlite:///one.db")
         assert asyncio.run(second.acquire({"user:a": limit})).allowed  # the unsaved one
         assert not asyncio.run(second.acquire({"user:a": limit})).allowed
-        third = cls()  # the second saved after its admission: nothing left to admit
+        third = cls("sqlite:///one.db")  # the second saved after its admission: none left
         assert not asyncio.run(third.acquire({"user:a": limit})).allowed
     finally:
         get_settings.cache_clear()
