@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     train_seconds: float = Field(default=150.0, validation_alias="PROMETHIOS_TRAIN_SECONDS")
     train_seed: int = Field(default=1234, validation_alias="PROMETHIOS_TRAIN_SEED")
     request_timeout_s: float = Field(default=60.0, validation_alias="PROMETHIOS_REQUEST_TIMEOUT_S")
+    # How long admission waits for the shared rate limiter before 503: long enough to span
+    # its single replica's replacement in a rolling update (5 s cut requests on a busy node).
+    limiter_timeout_s: float = Field(default=15.0, validation_alias="PROMETHIOS_LIMITER_TIMEOUT_S")
     key_requests_per_minute: int | None = Field(
         default=600, validation_alias="PROMETHIOS_KEY_REQUESTS_PER_MINUTE"
     )

@@ -74,7 +74,13 @@ class RateLimits:
         async def charge_many(charges: Charges) -> None:
             await handle.charge_many.remote(charges)
 
-        return cls(acquire, charge_many, _key_limit(settings), user_limit=_user_limit(settings))
+        return cls(
+            acquire,
+            charge_many,
+            _key_limit(settings),
+            timeout_s=settings.limiter_timeout_s,
+            user_limit=_user_limit(settings),
+        )
 
     @classmethod
     def local(

@@ -429,6 +429,61 @@ def test_rolling_update_under_load(cluster: Cluster, tenant: tuple[str, str]) ->
     }
 
 
+def _serve_status(cluster: Cluster) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "serve"), "status", "--address", cluster.dashboard],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return yaml.safe_load(out)["applications"]["promethios"]
+
+
+def test_replicas_without_the_artifacts_fail_clearly_and_the_old_ones_serve(
+    cluster: Cluster, tenant: tuple[str, str]
+) -> None:
+    """Scorer replicas that find no governance artifacts where they look (a node or pod
+    whose volume is empty; here the scorer's PROMETHIOS_GOVERNANCE_ARTIFACTS points at an
+    empty directory): the update stops with the loader's message in `serve status`, no
+    hang, and the previous replicas go on scoring; the good config deploys again."""
+    key, agent_id = tenant
+    empty = cluster.state / "no-artifacts"
+    empty.mkdir()
+    raw = yaml.safe_load(cluster.config.read_text())
+    deployments = raw["applications"][0]["deployments"]
+    scorer = next(d for d in deployments if d["name"] == "GovernanceScorer")
+    scorer["ray_actor_options"]["runtime_env"] = {
+        "env_vars": {"PROMETHIOS_GOVERNANCE_ARTIFACTS": str(empty)}
+    }
+    bad = cluster.state / "cluster-no-artifacts.yaml"
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    serve = str(REPO / ".venv" / "bin" / "serve")
+    subprocess.run(
+        [serve, "deploy", str(bad), "--address", cluster.dashboard],
+        env=cluster.env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+
+    def failed() -> bool:
+        deployments = _serve_status(cluster).get("deployments") or {}
+        return deployments.get("GovernanceScorer", {}).get("status") == "DEPLOY_FAILED"
+
+    failed_s = _wait("the scorer update fails", failed, 300, every_s=2)
+    dep = _serve_status(cluster)["deployments"]["GovernanceScorer"]
+    assert f"no governance artifacts in {empty} (manifest.json is missing)" in dep["message"]
+    assert dep["replica_states"].get("RUNNING", 0) >= 1, dep  # the previous version's
+    with cluster.client(key) as c:
+        resp = c.post(f"/native-llm/agent/{agent_id}/chat", json={"message": "Hello there"})
+    assert resp.status_code == 200, resp.text  # scored by a previous replica
+    cluster.sh("deploy")  # the good config
+    FIGURES["missing_artifacts"] = {
+        "deploy_failed_within_s": round(failed_s, 1),
+        "message_names": "the missing manifest and its directory",
+        "previous_replicas_serving": dep["replica_states"].get("RUNNING", 0),
+    }
+
+
 def _raylets(cluster: Cluster) -> list[int]:
     out = subprocess.run(
         ["pgrep", "-f", f"raylet/raylet .*--resource_dir={cluster.state}/ray/"],
