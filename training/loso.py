@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--groups", nargs="*", default=None, help="only these groups")
     parser.add_argument("--resume", action="store_true", help="keep the groups already scored")
     parser.add_argument(
-        "--table", action="store_true", help="print the results file as the README's tables"
+        "--table", action="store_true", help="print the results file as docs/governance.md's tables"
     )
     args = parser.parse_args()
     if args.table:
