@@ -37,10 +37,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
+from harness.launcher import create_agent, create_user_key, start_graph  # noqa: E402
+from harness.vllm_server import start_vllm_server  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
 from serve_app.observability.history import percentile  # noqa: E402
-from serve_app.vllm_server import start_vllm_server  # noqa: E402
 from training.labeled import load_items  # noqa: E402
 
 KEY_ENV = "UPSTREAM_BENCH_API_KEY"

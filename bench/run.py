@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import cpu  # noqa: E402
-from serve_app.launcher import create_agent, create_user_key, start_graph  # noqa: E402
+from harness.launcher import create_agent, create_user_key, start_graph  # noqa: E402
+from harness.vllm_server import start_vllm_server  # noqa: E402
 from serve_app.model.build import ensure_default_model  # noqa: E402
-from serve_app.vllm_server import start_vllm_server  # noqa: E402
 from tests.support.postgres import start_throwaway_postgres  # noqa: E402
 
 

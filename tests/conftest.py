@@ -23,7 +23,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from serve_app.launcher import GraphProcess, create_user_key, start_graph
+from harness.launcher import GraphProcess, create_user_key, start_graph
 from tests.support.postgres import PostgresUnavailable, find_bin_dir, start_throwaway_postgres
 
 
@@ -193,8 +193,8 @@ def bob(graph: Graph) -> str:
 def vllm_upstream(graph: Graph, tmp_path_factory: pytest.TempPathFactory):
     """vLLM's own OpenAI server on the embedded model, keyed with UPSTREAM_TEST_API_KEY:
     the real upstream that wrapped agents wrap."""
+    from harness.vllm_server import start_vllm_server
     from serve_app.model.build import ensure_default_model
-    from serve_app.vllm_server import start_vllm_server
 
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     server = start_vllm_server(

@@ -32,7 +32,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.launcher import create_user_key
+from harness.launcher import create_user_key
 from tests.support.load import (
     Load,
     StreamLoad,

@@ -187,7 +187,7 @@ def test_upstream_failures_are_clear_errors_and_still_recorded(
 
 
 def test_unreachable_upstream_is_502(graph: Graph, alice: str) -> None:
-    from serve_app.launcher import free_port
+    from harness.launcher import free_port
 
     graph.register_upstream("dead", base_url=f"http://127.0.0.1:{free_port()}/v1")
     with graph.client(alice) as c:

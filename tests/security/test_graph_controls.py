@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from serve_app.launcher import BIN
+from harness.launcher import BIN
 from tests.conftest import Graph
 
 pytestmark = pytest.mark.slow

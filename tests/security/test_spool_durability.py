@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.launcher import free_port
 from serve_app import recording
-from serve_app.launcher import free_port
 from serve_app.recording import InteractionRecorder, Spool
 from serve_app.store.records import InteractionRecord
 

@@ -31,7 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from serve_app.launcher import free_port
+from harness.launcher import free_port
 
 TALKATIVE_ERROR = (
     "db 10.0.3.7:5432 refused user svc_llm; last prompt from tenant bob: 'my card is "

@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
+from harness.launcher import free_port
 from serve_app.errors import BadGateway, BadRequest, GatewayTimeout, ModelUnavailable
-from serve_app.launcher import free_port
 from serve_app.upstream import UpstreamClient
 from serve_app.upstream_registry import Registry
 from tests.support.upstreams import start_faulty_upstream

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.launcher import free_port, stop_group, wait_healthy
+from harness.launcher import free_port, stop_group, wait_healthy
 
 
 @dataclass
