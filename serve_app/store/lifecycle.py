@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from serve_app.store.convert import _agent_record, _deployment_record, _json_copy
 from serve_app.store.models import Agent, ConversationTurn, Deployment, IdempotencyKey
 from serve_app.store.records import AgentRecord, DeploymentRecord, utcnow
 
@@ -33,12 +34,6 @@ class TurnRecord:
     role: str
     content: str
     created_at: datetime
-
-
-def _records() -> Any:
-    from serve_app.store import store  # the row -> record converters live beside the Store
-
-    return store
 
 
 class LifecycleOps:
@@ -69,7 +64,7 @@ class LifecycleOps:
                     )
                 )
             stmt = stmt.order_by(Agent.created_at, Agent.agent_id).limit(limit + 1)
-            rows = [_records()._agent_record(r) for r in session.execute(stmt).scalars()]
+            rows = [_agent_record(r) for r in session.execute(stmt).scalars()]
         return rows[:limit], len(rows) > limit
 
     def update_agent(
@@ -87,9 +82,9 @@ class LifecycleOps:
             if row is None:
                 return None
             row.name, row.description = name, description
-            row.config = _records()._json_copy(config)
+            row.config = _json_copy(config)
             session.flush()
-            return _records()._agent_record(row)
+            return _agent_record(row)
 
     # -- deployments ----------------------------------------------------------
 
@@ -107,7 +102,7 @@ class LifecycleOps:
                 return None
             row.retired_at, row.status = utcnow(), "retired"
             session.flush()
-            return _records()._deployment_record(row)
+            return _deployment_record(row)
 
     def latest_deployment(self, production_agent_id: str) -> DeploymentRecord | None:
         """The newest deployment under this production id, active or retired."""
@@ -119,14 +114,14 @@ class LifecycleOps:
         )
         with self._sessions() as session:
             row = session.execute(stmt).scalar_one_or_none()
-            return _records()._deployment_record(row) if row is not None else None
+            return _deployment_record(row) if row is not None else None
 
     def active_deployments(self, user_id: str) -> list[DeploymentRecord]:
         stmt = select(Deployment).where(
             Deployment.user_id == user_id, Deployment.retired_at.is_(None)
         )
         with self._sessions() as session:
-            return [_records()._deployment_record(r) for r in session.execute(stmt).scalars()]
+            return [_deployment_record(r) for r in session.execute(stmt).scalars()]
 
     # -- idempotency keys -----------------------------------------------------
 
@@ -174,7 +169,7 @@ class LifecycleOps:
                     IdempotencyKey.scope == scope,
                     IdempotencyKey.key == key,
                 )
-                .values(response=_records()._json_copy(response))
+                .values(response=_json_copy(response))
             )
 
     def release_idempotency_key(self, user_id: str, scope: str, key: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import threading
@@ -39,6 +38,7 @@ from serve_app.store.checkpoints import (
     checkpoint_dir_for,
     new_checkpoints,
 )
+from serve_app.store.convert import _agent_record, _deployment_record, _json_copy
 from serve_app.store.engine import build_engine, upgrade_to_head
 from serve_app.store.lifecycle import LifecycleOps
 from serve_app.store.models import Agent, ApiKey, Deployment, Interaction, User
@@ -72,11 +72,6 @@ def production_url(production_agent_id: str) -> str:
     return f"/api/v1/agents/{production_agent_id}/chat"
 
 
-def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
-    """Return a JSON round-trip copy (what a read returns); TypeError if not serialisable."""
-    return json.loads(json.dumps(value))
-
-
 def _check_user_id(user_id: str) -> None:
     if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_LEN:
         raise ValueError(f"user_id must be a non-empty string of at most {MAX_USER_ID_LEN} chars")
@@ -85,32 +80,6 @@ def _check_user_id(user_id: str) -> None:
 def _rowcount(result: Result[Any]) -> int:
     """Rows matched by an UPDATE (its result is a CursorResult)."""
     return cast(CursorResult[Any], result).rowcount
-
-
-def _agent_record(row: Agent) -> AgentRecord:
-    return AgentRecord(
-        agent_id=row.agent_id,
-        user_id=row.user_id,
-        name=row.name,
-        description=row.description,
-        config=dict(row.config),
-        created_at=row.created_at,
-    )
-
-
-def _deployment_record(row: Deployment) -> DeploymentRecord:
-    return DeploymentRecord(
-        deployment_id=row.deployment_id,
-        agent_id=row.agent_id,
-        user_id=row.user_id,
-        production_agent_id=row.production_agent_id,
-        deployment_url=row.deployment_url,
-        status=row.status,
-        config=dict(row.config),
-        deployed_at=row.deployed_at,
-        retired_at=row.retired_at,
-        rate_limit=dict(row.rate_limit) if row.rate_limit else None,
-    )
 
 
 class Store(LifecycleOps):
