@@ -283,4 +283,20 @@ class LocalBackends:
         return asdict(self.engine.info)
 
     async def health(self) -> dict[str, str]:
-        return {"model": "ok", "governance": "ok", "metrics_writer": "ok"}
+        """Each part's state, asked of the part (as RayBackends asks the replicas)."""
+        out: dict[str, str] = {}
+        if self.engine is not None and self.engine.info is not None:
+            out["model"] = "ok"
+        elif self.engine is None and self.upstream is not None:
+            out["model"] = "ok"  # wrapped agents only: the upstream answers
+        else:
+            out["model"] = "unavailable: EngineNotStarted"
+        try:
+            self.scorer.evaluate("health check", "input", "standard", 0.5)  # type: ignore[arg-type]
+            out["governance"] = "ok"
+        except Exception as exc:
+            out["governance"] = f"unavailable: {type(exc).__name__}"
+        stats = self.recorder.stats()
+        full = int(stats["pending"]) >= int(stats["max_pending"])  # type: ignore[call-overload]
+        out["metrics_writer"] = "unavailable: AuditBacklogFull" if full else "ok"
+        return out

@@ -179,3 +179,17 @@ def test_an_expired_reservation_is_written_even_when_the_backlog_is_full(tmp_pat
     recorder.flush_now()
     assert [(r.message_id, r.response) for r in written] == [("m-4", INTERRUPTED)]
     assert list(tmp_path.glob("*.jsonl")) == []  # its segment is released once written
+
+
+def test_the_in_process_health_is_asked_of_the_parts(tmp_path: Path, upstream) -> None:
+    """LocalBackends.health was hard-coded "ok": it now reports what the parts say (a
+    writer whose backlog is full is unavailable, as the replica's stats would show)."""
+    chat, recorder, _store, _agent = _parts(tmp_path, upstream)
+    backends = chat.backends
+    assert asyncio.run(backends.health()) == {
+        "model": "ok",
+        "governance": "ok",
+        "metrics_writer": "ok",
+    }
+    recorder.max_pending = 0
+    assert asyncio.run(backends.health())["metrics_writer"] == "unavailable: AuditBacklogFull"
