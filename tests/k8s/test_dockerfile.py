@@ -137,6 +137,5 @@ def test_every_way_to_start_the_graph_caps_malloc_arenas(steps: list[tuple[str, 
     assert re.search(r"\bMALLOC_ARENA_MAX=2\b", env)
     assert re.search(r"^export MALLOC_ARENA_MAX \?= 2$", (REPO / "Makefile").read_text(), re.M)
     assert (
-        'env.setdefault("MALLOC_ARENA_MAX", "2")'
-        in (REPO / "harness" / "launcher.py").read_text()
+        'env.setdefault("MALLOC_ARENA_MAX", "2")' in (REPO / "harness" / "launcher.py").read_text()
     )
