@@ -244,17 +244,9 @@ def tenant(cluster: Cluster) -> tuple[str, str]:
 
 
 def test_deployed_healthy_and_placed_by_node_resources(cluster: Cluster) -> None:
-    status = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "serve"), "status", "--address", cluster.dashboard],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    app = yaml.safe_load(status)["applications"]["promethios"]
-    assert app["status"] == "RUNNING", status
-    assert all(d["status"] == "HEALTHY" for d in app["deployments"].values()), status
+    app = _serve_status(cluster)
+    assert app["status"] == "RUNNING", app
+    assert all(d["status"] == "HEALTHY" for d in app["deployments"].values()), app
     placed = cluster.placement()
     assert placed["LLMServer"] == ["llm"], placed
     assert placed["MetricsWriter"] == ["head"] and placed["RateLimiter"] == ["head"], placed
