@@ -105,7 +105,11 @@ def test_head_fit_is_deterministic_and_reads_windows_as_served() -> None:
     params = heads.HeadParams(steps=150, hidden=32)
     a = heads.fit(x, np.array(owner), labels, params)
     b = heads.fit(x, np.array(owner), labels, params)
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # Same seed, same weights up to float rounding: within one process BLAS may sum in
+    # another order between two calls (a fresh-clone run under load once differed in the
+    # last bits), so bit equality is not what reproducibility can promise.
+    drift = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert drift < 1e-4, f"two fits with one seed differ by {drift}"
     mass, where = heads.example_mass(heads.probabilities(a, x), np.array(owner), len(labels))
     harmful = labels != benign
     assert (mass[harmful] > 0.5).mean() > 0.95 and (mass[~harmful] < 0.5).mean() > 0.95
