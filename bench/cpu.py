@@ -26,6 +26,7 @@ _ROLES = (
     ("log_monitor", "Ray log_monitor"),
     ("DashboardAgent", "Ray dashboard"),
     ("dashboard", "Ray dashboard"),
+    ("harness.fake_upstream", "fake upstream"),
     ("bench/", "load generator"),
     ("postgres", "PostgreSQL"),
 )

@@ -26,6 +26,7 @@ from serve_app.api.limits import admit, settler
 from serve_app.api.native.protocol import ChatRequest
 from serve_app.assurance import governed
 from serve_app.errors import Forbidden, NotFound, success_envelope
+from serve_app.governed_chat import upstream_of
 from serve_app.store.records import InteractionRecord
 
 router = APIRouter(prefix="/bench")
@@ -48,7 +49,7 @@ async def ungoverned_chat(
     from serve_app.api.native.router import _service
 
     svc = _service(services)
-    agent = await svc.get_agent(agent_id, user)
+    agent = await svc.get_agent(agent_id, user, fresh=False)  # as the governed route
     admission = await admit(services, request, None, user)  # rate limits are not governance
     started = time.perf_counter()
     message_id = f"msg-{uuid.uuid4().hex[:16]}"
@@ -61,6 +62,7 @@ async def ungoverned_chat(
                 "temperature": body.temperature if body.temperature is not None else 0.7,
             },
             message_id,
+            upstream=upstream_of(agent),  # a wrapped agent: its upstream, as governed chat
         )
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     await settler(services)(admission, gen.prompt_tokens + gen.completion_tokens)
