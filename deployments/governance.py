@@ -1,16 +1,21 @@
-"""Governance-scoring replicas (CPU): the policy set applied to inputs and outputs."""
+"""Governance-scoring replicas (CPU): the policy set applied to inputs and outputs.
+
+A thin wrapper: the scoring itself is `serve_app.governance.service.ScoringService`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from ray import serve
 
 from serve_app.governance.library import PolicyLibrary
 from serve_app.governance.policy import DEFAULT_POLICY_FILE, PolicySet
-from serve_app.governance.scorer import GovernanceScorer, Verdict
+from serve_app.governance.scorer import Verdict
 from serve_app.governance.semantic import Screening, SemanticModel
+from serve_app.governance.service import ScoringService
 from serve_app.observability.logs import configure_from_settings
 from serve_app.settings import get_settings
 
@@ -21,7 +26,8 @@ log = logging.getLogger("promethios.governance")
     name="GovernanceScorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
 )
 class GovernanceScorerDeployment:
-    """Scores texts against the constitution; `evaluate` returns a Verdict."""
+    """Scores texts against the constitution; `evaluate` returns a Verdict, `evaluate_many`
+    one per call (the ingress sends concurrent requests' texts in one call)."""
 
     def __init__(self, policy_file: str | None = None) -> None:
         configure_from_settings("GovernanceScorer")
@@ -29,7 +35,7 @@ class GovernanceScorerDeployment:
         self.policies = self.library.get(None)
         self.semantic = SemanticModel.load(get_settings().var_dir)
         self.semantic.screen(["warm-up"])
-        self._scorers: dict[int, GovernanceScorer] = {}
+        self.service = ScoringService(self.library, self.semantic, screen=self._screen)
 
     # No wait for a batch to fill: texts that queued while the previous batch was encoded
     # form the next one, and a lone request (concurrency 1) is not held back 2 ms twice.
@@ -38,12 +44,6 @@ class GovernanceScorerDeployment:
         """Class probabilities of concurrent requests' texts (the lexical screen's, the early
         exit's or the full classifier's), computed as one batch off the event loop."""
         return await asyncio.to_thread(self.semantic.screen, texts)
-
-    def _scorer(self, policies: PolicySet) -> GovernanceScorer:
-        scorer = self._scorers.get(id(policies))
-        if scorer is None or scorer.policies is not policies:
-            scorer = self._scorers[id(policies)] = GovernanceScorer(policies, self.semantic)
-        return scorer
 
     async def evaluate(
         self,
@@ -57,27 +57,16 @@ class GovernanceScorerDeployment:
 
         Raises when the policy file cannot be used; the ingress answers 503 then.
         """
-        policies = self.library.get(policy)
-        classification = None
-        if policies.needs_semantic:
-            probs, stage = await self._screen(text)
-            classification = self.semantic.classifier.decide(
-                probs, stage, policies.classifier_max_benign_fpr
-            )
-        verdict = self._scorer(policies).evaluate(
-            text,
-            direction,  # type: ignore[arg-type]
-            mode,  # type: ignore[arg-type]
-            trust_threshold,
-            classification=classification,
-        )
-        log.info(
-            "screened %s: %s",
-            direction,
-            verdict.action,
-            extra={"violations": [v.policy_id for v in verdict.violations]},
-        )
-        return verdict
+        return await self.service.evaluate(text, direction, mode, trust_threshold, policy)
+
+    async def evaluate_many(
+        self, calls: Sequence[Sequence[Any]], request_ids: Sequence[str] = ()
+    ) -> list[Verdict | Exception]:
+        """`evaluate(*call)` for each call: a verdict, or the exception of that call."""
+        verdicts = await self.service.evaluate_many(calls)
+        # One line per batch (not per text): the requests it served, by id.
+        log.info("screened %d text(s)", len(calls), extra={"request_ids": list(request_ids)})
+        return verdicts
 
     def policy_set(self) -> PolicySet:
         return self.policies

@@ -46,14 +46,19 @@ class MetricsWriter:
             max_pending=settings.spool_max_records,
         )
 
-    async def record(self, records: list[InteractionRecord]) -> int:
-        """Buffer records; returns how many are pending (written within a flush interval)."""
+    async def record(self, records: list[InteractionRecord], request_ids: list[str] = ()) -> int:
+        """Buffer records; returns how many are pending (written within a flush interval).
+        `request_ids`: the requests whose records these are (an ingress sends concurrent
+        requests' records in one call), logged with them on one line."""
         self.recorder.start()
         self.recorder.add(records)
         log.info(
             "accepted %d record(s)",
             len(records),
-            extra={"message_ids": [r.message_id for r in records]},
+            extra={
+                "message_ids": [r.message_id for r in records],
+                "request_ids": list(request_ids),
+            },
         )
         return self.recorder.pending
 

@@ -36,6 +36,15 @@ class RateLimiterDeployment:
         self.state.maybe_save(self.limiter)
         return decision
 
+    async def acquire_many(
+        self, calls: list[tuple[dict[str, Limit], Charges | None]]
+    ) -> list[Decision]:
+        """`acquire` for each call in order (concurrent requests of an ingress replica
+        arrive in one call: serve_app/coalesce.py)."""
+        decisions = [self.limiter.acquire(scopes, charges) for scopes, charges in calls]
+        self.state.maybe_save(self.limiter)
+        return decisions
+
     async def charge_many(self, charges: Charges) -> None:
         self.limiter.charge_many(charges)
         self.state.maybe_save(self.limiter)

@@ -36,7 +36,7 @@ class UpstreamLLM:
         request_id: str,
     ) -> Generation:
         gen = await self.client.generate(backend, messages, sampling, request_id)
-        log.info(
+        log.debug(  # not per request at INFO: the hot path (issue 25)
             "upstream generated %d tokens",
             gen.completion_tokens,
             extra={"message_id": request_id, "prompt_tokens": gen.prompt_tokens},

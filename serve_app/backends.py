@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from serve_app.assurance import require_governed
+from serve_app.coalesce import Coalescer
 from serve_app.engine.adapter import (
     EngineAdapter,
     Generation,
@@ -28,6 +29,7 @@ from serve_app.errors import (
     ScorerUnavailable,
 )
 from serve_app.governance.scorer import GovernanceScorer, Verdict
+from serve_app.observability.logs import current_request_id
 from serve_app.recording import InteractionRecorder
 from serve_app.store.records import InteractionRecord
 from serve_app.upstream import UpstreamClient
@@ -112,6 +114,17 @@ class RayBackends:
         self.upstream = upstream
         self.timeout_s = timeout_s
         self._model_info: dict[str, Any] | None = None
+        # Concurrent requests' texts and records travel together: one scorer call per
+        # batch (two at a time, for two scorer replicas), one writer call per batch of
+        # records (serve_app/coalesce.py).
+        # Each item carries its request's id: the replicas log one line per batch naming
+        # every request in it (serve_app/observability/logs.py, `request_ids`).
+        self._verdicts: Coalescer[tuple, Verdict] = Coalescer(
+            self._evaluate_many, max_batch=32, max_in_flight=2
+        )
+        self._records: Coalescer[tuple, None] = Coalescer(
+            self._record_many, max_batch=256, max_in_flight=1
+        )
 
     async def evaluate(
         self, text: str, direction: str, mode: str, threshold: float, policy: str | None = None
@@ -124,15 +137,24 @@ class RayBackends:
         )
 
     async def _evaluate(self, *args: Any) -> Verdict:
+        return await self._verdicts.call((args, current_request_id()))
+
+    async def _evaluate_many(self, items: list[tuple]) -> list[Any]:
         """A scorer replica that died (its node lost) before answering: once more, on
         another replica (scoring is a pure function of its input; the handle's router has
-        dropped the dead one). Within the caller's time bound."""
+        dropped the dead one). Within the callers' time bound."""
         from ray.exceptions import RayActorError
 
+        calls, request_ids = [a for a, _ in items], [r for _, r in items]
         try:
-            return await self.scorer.evaluate.remote(*args)
+            return await self.scorer.evaluate_many.remote(calls, request_ids)
         except RayActorError:
-            return await self.scorer.evaluate.remote(*args)
+            return await self.scorer.evaluate_many.remote(calls, request_ids)
+
+    async def _record_many(self, items: list[tuple]) -> list[None]:
+        records = [r for batch, _ in items for r in batch]
+        await self.writer.record.remote(records, [rid for _, rid in items])
+        return [None] * len(items)
 
     def _model(self, upstream: dict[str, Any] | None) -> tuple[Any, tuple[Any, ...], float]:
         """The deployment that answers, the leading call arguments, and the time bound."""
@@ -173,7 +195,10 @@ class RayBackends:
 
     async def record(self, records: list[InteractionRecord]) -> None:
         await _bounded(
-            self.writer.record.remote(records), self.timeout_s, "metrics writer", AuditUnavailable
+            self._records.call((records, current_request_id())),
+            self.timeout_s,
+            "metrics writer",
+            AuditUnavailable,
         )
 
     async def reserve(self, record: InteractionRecord) -> None:

@@ -240,3 +240,53 @@ def test_the_deployment_restores_its_buckets_without_ray(tmp_path, monkeypatch) 
         assert not asyncio.run(third.acquire({"user:a": limit})).allowed
     finally:
         get_settings.cache_clear()
+
+
+def test_admissions_sent_together_are_decided_in_order_under_one_limit(tmp_path, monkeypatch) -> None:  # noqa: ANN001,E501
+    """An ingress replica's concurrent admissions arrive in one `acquire_many` call
+    (serve_app/coalesce.py): decided one by one, in order, against the same buckets, each
+    carrying its pending charges; the limit holds as it does for single calls."""
+    import asyncio
+
+    from deployments.rate_limiter import RateLimiterDeployment
+    from serve_app.api.limits import RateLimits
+    from serve_app.settings import get_settings
+
+    monkeypatch.setenv("PROMETHIOS_SPOOL_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        limiter = RateLimiterDeployment.func_or_class("sqlite:///one.db")
+        limit = Limit(requests_per_minute=3, tokens_per_minute=1000)
+        calls = [({"key:a": limit}, None)] * 4 + [({"key:b": limit}, {"key:b": (limit, 990)})]
+        decisions = asyncio.run(limiter.acquire_many(calls))
+        assert [d.allowed for d in decisions] == [True, True, True, False, True]
+        assert decisions[3].scope == "key:a"
+        # key:b was charged 990 tokens with its admission: the next one finds 10 left
+        assert asyncio.run(limiter.acquire({"key:b": limit})).allowed
+        assert not asyncio.run(limiter.acquire({"key:b": limit}, {"key:b": (limit, 20)})).allowed
+
+        class Handle:  # the deployment's methods as a Serve handle calls them
+            class acquire_many:  # noqa: N801
+                @staticmethod
+                async def remote(batch):  # noqa: ANN001,ANN205
+                    sizes.append(len(batch))
+                    return await limiter.acquire_many(batch)
+
+        sizes: list[int] = []
+        settings = get_settings().model_copy(update={"key_requests_per_minute": 5})
+        limits = RateLimits.for_handle(Handle(), settings)
+
+        async def burst() -> list[bool]:
+            async def one() -> bool:
+                try:
+                    await limits.admit("sk-test-key-c", None)
+                    return True
+                except Exception:
+                    return False
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+        assert sorted(asyncio.run(burst())) == [False] * 3 + [True] * 5
+        assert len(sizes) < 8  # shared calls, not one per admission
+    finally:
+        get_settings.cache_clear()

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.coalesce import Coalescer
 from serve_app.errors import RateLimited, ServiceUnavailable
 from serve_app.ratelimit import Charges, Decision, Limit, RateLimiter
 from serve_app.settings import Settings
@@ -66,10 +67,16 @@ class RateLimits:
 
     @classmethod
     def for_handle(cls, handle: Any, settings: Settings) -> RateLimits:
-        """Through the RateLimiter deployment (shared by all ingress replicas)."""
+        """Through the RateLimiter deployment (shared by all ingress replicas): concurrent
+        admissions of this replica travel in one call (serve_app/coalesce.py)."""
+
+        async def acquire_many(calls: list[tuple[dict[str, Limit], Charges]]) -> list[Decision]:
+            return await handle.acquire_many.remote(calls)
+
+        admissions: Coalescer[tuple, Decision] = Coalescer(acquire_many, max_batch=128)
 
         async def acquire(scopes: dict[str, Limit], charges: Charges) -> Decision:
-            return await handle.acquire.remote(scopes, charges)
+            return await admissions.call((scopes, charges))
 
         async def charge_many(charges: Charges) -> None:
             await handle.charge_many.remote(charges)

@@ -122,7 +122,7 @@ def current_request_id() -> str:
 # The writer logs up to 1,000 message ids per batch; scanning them cost more than the
 # batch's insert.
 _OWN_FIELDS = frozenset(
-    {"ts", "level", "logger", "component", "request_id", "message_id", "message_ids"}
+    {"ts", "level", "logger", "component", "request_id", "request_ids", "message_id", "message_ids"}
 )
 
 
