@@ -45,6 +45,7 @@ class Services:
     limiter: Any = None  # serve_app.api.limits.RateLimits, installed by the ingress
     assurance: Any = None  # serve_app.assurance.Assurance, installed by the ingress
     _key_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _agent_cache: dict[tuple[str, str], tuple[Any, float]] = field(default_factory=dict)
     _resources: dict[type, Any] = field(default_factory=dict)
 
     async def evidence(self) -> Any:
@@ -77,6 +78,26 @@ class Services:
         if user is not None:
             self._key_cache[digest] = (user, now)
         return user
+
+    async def agent_for_chat(self, agent_id: str, user: str) -> Any:
+        """The user's live agent (None when missing), cached for `key_cache_s` as keys are:
+        a chat does not wait on the database for it. A change or deletion made through
+        this replica is seen at once (`forget_agent`); one made through another replica,
+        within `key_cache_s`. Reads that modify the agent go to the database."""
+        hit = self._agent_cache.get((agent_id, user))
+        now = time.monotonic()
+        if hit and now - hit[1] < self.settings.key_cache_s:
+            return hit[0]
+        agent = await asyncio.to_thread(self.store.get_agent, agent_id, user)
+        if len(self._agent_cache) >= 10_000:  # bounded: expired entries would pile up
+            self._agent_cache.clear()
+        if agent is not None:
+            self._agent_cache[(agent_id, user)] = (agent, now)
+        return agent
+
+    def forget_agent(self, agent_id: str) -> None:
+        for cached in [k for k in self._agent_cache if k[0] == agent_id]:
+            self._agent_cache.pop(cached, None)
 
 
 _services: Services | None = None

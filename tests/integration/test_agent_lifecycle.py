@@ -37,8 +37,13 @@ def test_list_get_patch_delete(graph: Graph, bob: str) -> None:
         assert bad.status_code == 422
         too_long = c.patch(f"/native-llm/agent/{ids[0]}", json={"config": {"max_tokens": 4096}})
         assert too_long.status_code == 400
+        # A chat caches its agent in the ingress for key_cache_s; a change or a deletion
+        # made through the API is seen by the next chat at once.
+        chat = f"/native-llm/agent/{ids[1]}/chat"
+        assert c.post(chat, json={"message": "Hi", "max_tokens": 4}).status_code == 200
         assert _data(c.delete(f"/native-llm/agent/{ids[1]}"))["deleted"] is True
         assert c.get(f"/native-llm/agent/{ids[1]}").status_code == 404
+        assert c.post(chat, json={"message": "Hi", "max_tokens": 4}).status_code == 404
         assert c.delete(f"/native-llm/agent/{ids[1]}").status_code == 404
 
 

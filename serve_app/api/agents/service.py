@@ -62,12 +62,15 @@ class AgentLifecycleService:
             config.description,
             config.model_dump(),
         )
+        self.s.forget_agent(agent_id)
         if updated is None:
             raise NotFound(f"agent {agent_id!r} not found")
         return self.agent_payload(updated)
 
     async def delete(self, agent_id: str, user: str) -> dict[str, Any]:
-        if not await asyncio.to_thread(self.s.store.delete_agent, agent_id, user):
+        deleted = await asyncio.to_thread(self.s.store.delete_agent, agent_id, user)
+        self.s.forget_agent(agent_id)
+        if not deleted:
             raise NotFound(f"agent {agent_id!r} not found")
         return {"agent_id": agent_id, "deleted": True}
 

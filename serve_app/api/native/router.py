@@ -89,7 +89,7 @@ async def chat(
 ) -> dict:
     require_same_user(body.user_id, user)
     svc = _service(services)
-    agent = await svc.get_agent(agent_id, user)
+    agent = await svc.get_agent(agent_id, user, fresh=False)
     return await _limited_chat(services, request, response, agent, body, None, user)
 
 

@@ -134,8 +134,13 @@ class NativeLLMService:
             "status": "created",
         }
 
-    async def get_agent(self, agent_id: str, user: str) -> AgentRecord:
-        agent = await asyncio.to_thread(self.s.store.get_agent, agent_id, user)
+    async def get_agent(self, agent_id: str, user: str, *, fresh: bool = True) -> AgentRecord:
+        """The user's agent; 404 otherwise. `fresh=False` (chat routes) may answer from the
+        replica's short cache (`Services.agent_for_chat`)."""
+        if fresh:
+            agent = await asyncio.to_thread(self.s.store.get_agent, agent_id, user)
+        else:
+            agent = await self.s.agent_for_chat(agent_id, user)
         if agent is None:
             raise NotFound(f"agent {agent_id!r} not found")
         return agent

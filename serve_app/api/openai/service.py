@@ -34,7 +34,7 @@ class OpenAIService:
         try:
             if model.startswith("prod-"):
                 return await self.native.production_target(model, user)
-            return await self.native.get_agent(model, user), None
+            return await self.native.get_agent(model, user, fresh=False), None
         except NotFound as exc:
             exc.code = "model_not_found"
             exc.message = f"The model '{model}' does not exist or you do not have access to it."
