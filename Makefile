@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down bench-cluster run browser test test-fast bench bench-autoscale bench-wrapped clean
+.PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down bench-cluster run browser test test-fast bench bench-autoscale bench-wrapped bench-gateway clean
 
 install: $(STAMP)
 
@@ -79,6 +79,11 @@ bench: install model
 # Replica counts per deployment while the load rises and falls (bench/results/autoscale.json).
 bench-autoscale: install model
 	$(PY) bench/autoscale.py
+
+# What the gateway adds over an upstream: a wrapped agent in front of a fake OpenAI server
+# that answers after 50 ms (bench/results/gateway.json; --profile DIR keeps py-spy stacks).
+bench-gateway: install model
+	$(PY) bench/gateway.py
 
 # Native against wrapped agents over the same model, in one run (bench/results/native_vs_wrapped.json).
 bench-wrapped: install model
