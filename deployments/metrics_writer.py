@@ -31,7 +31,9 @@ class MetricsWriter:
         self.metrics = MetricsAggregate()
         self.store = Store(database_url)
         try:
-            self.store.migrate()  # the application migrated already; this is a check
+            # The application builder migrated the schema (the one place that does); the
+            # writer only checks it, and refuses to start on an older one (SchemaOutOfDate).
+            self.store.check_schema()
         except Exception as exc:
             if not transient(exc):
                 raise

@@ -242,7 +242,9 @@ def test_the_deployment_restores_its_buckets_without_ray(tmp_path, monkeypatch) 
         get_settings.cache_clear()
 
 
-def test_admissions_sent_together_are_decided_in_order_under_one_limit(tmp_path, monkeypatch) -> None:  # noqa: ANN001,E501
+def test_admissions_sent_together_are_decided_in_order_under_one_limit(
+    tmp_path, monkeypatch
+) -> None:  # noqa: ANN001,E501
     """An ingress replica's concurrent admissions arrive in one `acquire_many` call
     (serve_app/coalesce.py): decided one by one, in order, against the same buckets, each
     carrying its pending charges; the limit holds as it does for single calls."""

@@ -102,6 +102,27 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is not at this code's newest migration."""
+
+
+def check_at_head(engine: Engine) -> None:
+    """Raise SchemaOutOfDate unless the database is at the newest migration (reads only:
+    the application builder is the one place that migrates)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current != heads:
+        raise SchemaOutOfDate(
+            f"database schema at {sorted(current) or 'no revision'}, this code needs "
+            f"{sorted(heads)}: the application builder migrates it (redeploy the "
+            "application; the `promethios` CLI migrates too)"
+        )
+
+
 def upgrade_to_head(engine: Engine, sqlite_path: Path | None) -> None:
     """Run ``alembic upgrade head`` on ``engine``; a no-op when already there.
 

@@ -39,7 +39,7 @@ from serve_app.store.checkpoints import (
     new_checkpoints,
 )
 from serve_app.store.convert import _agent_record, _deployment_record, _json_copy
-from serve_app.store.engine import build_engine, upgrade_to_head
+from serve_app.store.engine import build_engine, check_at_head, upgrade_to_head
 from serve_app.store.lifecycle import LifecycleOps
 from serve_app.store.models import Agent, ApiKey, Deployment, Interaction, User
 from serve_app.store.records import (
@@ -126,6 +126,10 @@ class Store(LifecycleOps):
         """
         with self._migrate_lock:
             upgrade_to_head(self._engine, self._sqlite_path)
+
+    def check_schema(self) -> None:
+        """Raise SchemaOutOfDate unless the schema is at the newest migration (no writes)."""
+        check_at_head(self._engine)
 
     def ping(self) -> None:
         """Run ``SELECT 1``; raises ``SQLAlchemyError`` when the database is unreachable."""
