@@ -162,25 +162,25 @@ def test_a_scorer_replica_lost_mid_call_is_retried_once_on_another() -> None:
         def __init__(self, outcomes: list[Any]) -> None:
             self.outcomes, self.calls = outcomes, 0
 
-        def remote(self, *args: Any) -> Any:
+        def remote(self, calls: list[Any], request_ids: list[str]) -> Any:
             outcome = self.outcomes[self.calls]
             self.calls += 1
 
-            async def answer() -> Any:
+            async def answer() -> Any:  # one result per call of the batch
                 if isinstance(outcome, Exception):
                     raise outcome
-                return outcome
+                return [outcome] * len(calls)
 
             return answer()
 
-    class Scorer:
+    class Scorer:  # the deployment's batch method, as RayBackends calls it
         def __init__(self, outcomes: list[Any]) -> None:
-            self.evaluate = Method(outcomes)
+            self.evaluate_many = Method(outcomes)
 
     scorer = Scorer([ActorDiedError(), "verdict"])
     backends = RayBackends(llm=None, scorer=scorer, writer=None, timeout_s=5)
     assert asyncio.run(backends.evaluate("hi", "input", "standard", 0.5)) == "verdict"
-    assert scorer.evaluate.calls == 2
+    assert scorer.evaluate_many.calls == 2
     dead = RayBackends(llm=None, scorer=Scorer([ActorDiedError()] * 2), writer=None, timeout_s=5)
     with pytest.raises(ScorerUnavailable):
         asyncio.run(dead.evaluate("hi", "input", "standard", 0.5))

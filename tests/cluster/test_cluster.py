@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "cluster.sh"
 PY = REPO / ".venv" / "bin" / "python"
 FAIL_FAST_S = 15.0  # a request in flight on a lost node ends within this
+REQUEST_TIMEOUT_S = 60.0  # PROMETHIOS_REQUEST_TIMEOUT_S's default: a queued chat's bound
 RECOVERY_S = 300.0  # a new vLLM replica on a loaded 2-core machine
 FIGURES: dict[str, Any] = {}
 # What a request cut by a lost node may end with: its ingress replica lost (the proxy's
@@ -284,10 +285,16 @@ def _lose_node_under_load(
         _wait("more chats", lambda: len(load.answers) >= mark + 8, 120)
     ok_after_kill = [a for sent, a, s, _ in load.answers if s == 200 and sent > killed_at]
     failures = [(sent, a, s, b) for sent, a, s, b in load.answers if s != 200]
-    in_flight = [f for f in failures if f[0] < killed_at < f[1]]
+    # In flight: inside a replica on the node when it died. A chat sent before the loss
+    # that reached the model only after it (it was being screened) is queued like one sent
+    # after it: it waits for the new replica, bounded by the request timeout (504 timeout).
+    queued = [f for f in failures if f[3]["error"]["code"] == "timeout"]
+    in_flight = [f for f in failures if f[0] < killed_at < f[1] and f not in queued]
     for _sent, _answered, status, body in failures:
         assert status in (503, 504), (status, body)  # never a 500 or a transport error
         assert_envelope_error(body, status)
+    for sent, answered, _status, body in queued:
+        assert answered - sent < REQUEST_TIMEOUT_S + 15, ("a queued chat outlived its bound", body)
     for _sent, answered, _status, body in in_flight:
         assert answered - killed_at < FAIL_FAST_S, ("an in-flight request hung", body)
     cut = [s for s in streams.streams if s[0] < killed_at < s[1] and s[4] is not None]
@@ -302,6 +309,7 @@ def _lose_node_under_load(
         "chats_failed": {str(s): sum(1 for f in failures if f[2] == s) for s in (503, 504)},
         "failure_codes": sorted({f[3]["error"]["code"] for f in failures}),
         "in_flight_failed": len(in_flight),
+        "queued_timed_out": len(queued),
         "in_flight_failed_within_s": round(
             max((f[1] - killed_at for f in in_flight), default=0), 2
         ),
