@@ -33,4 +33,5 @@ RUN echo "ray==${RAY_VERSION}" > /tmp/ray-constraint.txt \
 # (the soak: Ingress +1.1 MiB/min, flat with 2; README "Soak").
 ENV PROMETHIOS_NATIVE_MODEL_PATH=/models/lambda-7b \
     TOKENIZERS_PARALLELISM=false \
-    MALLOC_ARENA_MAX=2
+    MALLOC_ARENA_MAX=2 \
+    RAY_SERVE_USE_GRPC_BY_DEFAULT=1

@@ -10,6 +10,9 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # Two glibc arenas per process: replicas' memory stays flat under load (README, "Soak").
 export MALLOC_ARENA_MAX ?= 2
+# Serve's calls between deployments over gRPC instead of Ray actor calls (the proxy's to the
+# ingress too): half the gateway's CPU per request in `make bench-gateway` (docs/benchmarks.md).
+export RAY_SERVE_USE_GRPC_BY_DEFAULT ?= 1
 
 .PHONY: install model governance-data governance-weights cluster cluster-deploy cluster-down bench-cluster run browser test test-fast bench bench-autoscale bench-wrapped bench-gateway clean
 

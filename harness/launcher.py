@@ -174,6 +174,8 @@ def start_graph(
     env.setdefault("PROMETHIOS_LOG_DIR", str(workdir / "logs"))  # the seed's log files
     # As `make run` and the image do: without it replicas' resident size creeps up.
     env.setdefault("MALLOC_ARENA_MAX", "2")
+    # As `make` and the image do: Serve's calls between deployments over gRPC.
+    env.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")
     env.pop("DATABASE_URL", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

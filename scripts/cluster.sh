@@ -30,6 +30,8 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/ray-token
 export RAY_gcs_rpc_server_reconnect_timeout_s=${RAY_gcs_rpc_server_reconnect_timeout_s:-20}
 # The Serve proxy answers a lost replica's requests in the API's error shape (proxy_guard.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxy_guard:middlewares
+# Serve's calls between deployments (and the proxy's) over gRPC: docs/benchmarks.md.
+export RAY_SERVE_USE_GRPC_BY_DEFAULT=${RAY_SERVE_USE_GRPC_BY_DEFAULT:-1}
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 
 pg_bin() {

@@ -61,6 +61,9 @@ def _container(name: str, resources: dict[str, Any], ports: list[dict] | None = 
                 "name": "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
                 "value": "serve_app.proxy_guard:middlewares",
             },
+            # Calls between deployments, and the proxies' to the ingress, over gRPC
+            # instead of Ray actor calls (docs/benchmarks.md, `make bench-gateway`).
+            {"name": "RAY_SERVE_USE_GRPC_BY_DEFAULT", "value": "1"},
         ],
         "resources": resources,
         "volumeMounts": [
