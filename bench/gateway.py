@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -46,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import cpu  # noqa: E402
-from bench.run import PROMPTS, percentile  # noqa: E402
+from bench.run import PROMPTS, lift_rate_limits, machine_info, percentile  # noqa: E402
 from harness.launcher import (  # noqa: E402
     create_agent,
     create_user_key,
@@ -239,10 +238,7 @@ def main() -> int:
     args = parser.parse_args()
     sweep = [int(c) for c in args.sweep.split(",") if c]
     started = time.monotonic()
-    # The bench measures capacity, not the per-key limits (their defaults would cut it off).
-    for name in ("KEY", "USER"):
-        os.environ.setdefault(f"PROMETHIOS_{name}_REQUESTS_PER_MINUTE", "100000000")
-        os.environ.setdefault(f"PROMETHIOS_{name}_TOKENS_PER_MINUTE", "1000000000")
+    lift_rate_limits()
     os.environ[KEY_ENV] = "sk-gw-" + secrets.token_hex(12)
     work = Path(tempfile.mkdtemp(prefix="promethios-gateway-"))
     up_base, up_proc = start_fake_upstream(args.delay_ms, args.words, work / "upstream.log")
@@ -347,11 +343,7 @@ def main() -> int:
         },
         "latency": latency,
         "capacity": capacity,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "config": {
             "serve_config": "configs/local.yaml",
             "upstream": f"harness/fake_upstream.py, {args.delay_ms:g} ms delay, "

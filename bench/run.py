@@ -150,6 +150,23 @@ def bench_peer(model_dir: Path, max_tokens: int, duration_s: float, log: Path) -
         server.stop()
 
 
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on (each bench's JSON)."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def lift_rate_limits() -> None:
+    """The benches measure capacity, not the per-key limits: their defaults (600 requests a
+    minute per key) would answer 429 to most of a run. Set before the graph starts."""
+    for scope in ("KEY", "USER"):
+        os.environ.setdefault(f"PROMETHIOS_{scope}_REQUESTS_PER_MINUTE", "100000000")
+        os.environ.setdefault(f"PROMETHIOS_{scope}_TOKENS_PER_MINUTE", "1000000000")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per level")
@@ -159,11 +176,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     t_start = time.monotonic()
-    # The bench measures capacity, not the per-key limits: their defaults (600 requests a
-    # minute per key) answered 429 to most of a run once the governed path got faster.
-    for scope in ("KEY", "USER"):
-        os.environ.setdefault(f"PROMETHIOS_{scope}_REQUESTS_PER_MINUTE", "100000000")
-        os.environ.setdefault(f"PROMETHIOS_{scope}_TOKENS_PER_MINUTE", "1000000000")
+    lift_rate_limits()
     model_dir = ensure_default_model()
     work = Path(tempfile.mkdtemp(prefix="promethios-bench-"))
     pg_url, pg_stop = start_throwaway_postgres(Path(tempfile.mkdtemp(prefix="promethios-pg-")))
@@ -254,11 +267,7 @@ def main() -> int:
             "peer_vllm": peer["16"].get("cpu_ms_per_request"),
         },
         "levels": {"governed": governed, "ungoverned": ungoverned, "peer_vllm": peer},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "config": {
             "serve_config": "configs/local.yaml",
             "model": str(model_dir),

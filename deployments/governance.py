@@ -26,8 +26,8 @@ log = logging.getLogger("promethios.governance")
     name="GovernanceScorer", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256
 )
 class GovernanceScorerDeployment:
-    """Scores texts against the constitution; `evaluate` returns a Verdict, `evaluate_many`
-    one per call (the ingress sends concurrent requests' texts in one call)."""
+    """Scores texts against the constitution: `evaluate_many` returns a Verdict per call
+    (the ingress sends concurrent requests' texts in one call; serve_app/coalesce.py)."""
 
     def __init__(self, policy_file: str | None = None) -> None:
         configure_from_settings("GovernanceScorer")
@@ -45,24 +45,12 @@ class GovernanceScorerDeployment:
         exit's or the full classifier's), computed as one batch off the event loop."""
         return await asyncio.to_thread(self.semantic.screen, texts)
 
-    async def evaluate(
-        self,
-        text: str,
-        direction: str,
-        mode: str,
-        trust_threshold: float = 0.0,
-        policy: str | None = None,
-    ) -> Verdict:
-        """The verdict on `text` under the agent's policy file (None: the default).
-
-        Raises when the policy file cannot be used; the ingress answers 503 then.
-        """
-        return await self.service.evaluate(text, direction, mode, trust_threshold, policy)
-
     async def evaluate_many(
         self, calls: Sequence[Sequence[Any]], request_ids: Sequence[str] = ()
     ) -> list[Verdict | Exception]:
-        """`evaluate(*call)` for each call: a verdict, or the exception of that call."""
+        """`ScoringService.evaluate(*call)` for each call (text, direction, mode, trust
+        threshold, policy name or None): its verdict, or the exception of that call (an
+        unusable policy file: the ingress answers 503)."""
         verdicts = await self.service.evaluate_many(calls)
         # One line per batch (not per text): the requests it served, by id.
         log.info("screened %d text(s)", len(calls), extra={"request_ids": list(request_ids)})

@@ -31,10 +31,13 @@ def answer_words(question: str, words: int) -> list[str]:
     return out[: max(1, words)]
 
 
-def _completion(model: str, text: str, prompt_tokens: int) -> dict[str, Any]:
+def completion(
+    model: str, text: str, prompt_tokens: int, completion_id: str = "chatcmpl-fake"
+) -> dict[str, Any]:
+    """An OpenAI chat.completion body for `text` (its words counted as tokens)."""
     n = len(text.split())
     return {
-        "id": "chatcmpl-fake",
+        "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -96,7 +99,7 @@ def make_app(delay_s: float, words: int):
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         await asyncio.sleep(delay_s)
         if not body.get("stream"):
-            await send_json(send, 200, _completion(model, " ".join(text_words), prompt_tokens))
+            await send_json(send, 200, completion(model, " ".join(text_words), prompt_tokens))
             return
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -62,8 +62,8 @@ class RequestObservation:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if not serve_rid:  # under Serve the proxy already returns X-Request-ID
-                    message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                    headers = message.get("headers", [])
+                    message["headers"] = [*headers, (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

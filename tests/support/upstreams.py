@@ -31,6 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from harness.fake_upstream import completion
 from harness.launcher import free_port
 
 TALKATIVE_ERROR = (
@@ -41,24 +42,7 @@ PII_ANSWER = "Our support lead is jane.doe@example.com and you can call her at +
 
 
 def _completion(model: str, text: str, prompt_tokens: int = 7) -> dict:
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(text.split()),
-            "total_tokens": prompt_tokens + len(text.split()),
-        },
-    }
+    return completion(model, text, prompt_tokens, completion_id="chatcmpl-test")
 
 
 def _sse(model: str, text: str, stall_after_first: bool = False):
